@@ -1,0 +1,121 @@
+"""Built-in test models: tiny, architecture-faithful Stable Diffusion components with random weights.
+
+They produce noise. They exist so that every code path of the engine (and everything built on it)
+runs for real, on CPU, in seconds, on machines that cannot reach a model hub. The architecture is
+the SD 1.x one (an 8x VAE, a cross-attention UNet, a CLIP text encoder, a depth ControlNet), only
+narrower and shallower; the tokenizer is a real CLIP BPE tokenizer over a small vocabulary kept in
+this package. Weights come from a fixed seed, so the same id gives the same model everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_SD = "testing/tiny-sd"
+TESTING_PREFIX = "testing/"
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_tokenizer"
+
+# Kept in one place so the single-file converter, the tests and the docs agree on the shapes.
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 16, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+)
+TEXT_CONFIG = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
+CONTROLNET_CONDITIONING_CHANNELS = (8, 8, 8, 8)
+SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+def is_testing_model(model_id: str) -> bool:
+    return model_id.startswith(TESTING_PREFIX)
+
+
+def load_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
+
+
+def build_components(seed: int = 0) -> dict:
+    """The components of a StableDiffusionPipeline, randomly initialised from `seed` (fp32, CPU)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = load_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        torch.manual_seed(seed + 2)
+        text_config = CLIPTextConfig(
+            **TEXT_CONFIG,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        text_encoder = CLIPTextModel(text_config)
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+    )
+
+
+def build_depth_controlnet(unet, seed: int = 0):
+    """A depth ControlNet shaped after `unet`, as the real SD 1.5 depth ControlNet is after SD 1.5."""
+    import torch
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=CONTROLNET_CONDITIONING_CHANNELS
+        )
+        # from_unet copies the UNet's weights and zero-initialises the outputs, so a fresh ControlNet has
+        # no effect at all; give its output convolutions small random weights so depth visibly steers.
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            torch.nn.init.normal_(conv.weight, std=0.5)
+    return controlnet.eval()
