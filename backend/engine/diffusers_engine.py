@@ -22,6 +22,7 @@ from .seamless import seamless
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Progress], None]
+MAX_STEPS = 500
 
 # Pipeline classes per model family and mode. "depth" with init images uses the img2img variant, with
 # masks the inpaint variant; SD2-depth models do depth natively and need no ControlNet.
@@ -242,6 +243,11 @@ class DiffusersEngine:
     ) -> list[GeneratedImage]:
         """Run one request; returns batch_size * count images, or raises Cancelled (never a partial image)."""
         request.validate()
+        # Beyond a few hundred steps nothing changes but the time; at the training schedule's length some
+        # schedulers index past its end.
+        max_steps = min(MAX_STEPS, self._default_scheduler.config.get("num_train_timesteps", 1000) - 1)
+        if request.steps > max_steps:
+            raise InvalidRequest(f"steps must be at most {max_steps} for this model, got {request.steps}")
         request = request.with_seed()
         sampler = samplers.canonical(request.sampler)
         with self._lock:
@@ -249,17 +255,27 @@ class DiffusersEngine:
                 raise Cancelled()
             key = self._pipeline_key(request)
             pipe = self._pipeline(key)
-            pipe.scheduler = self._scheduler(sampler)
-            kwargs = self._call_arguments(request, key, pipe)
+            inputs = _per_image_inputs(request)
+            kwargs = self._call_arguments(request, key, inputs)
             kwargs["callback_on_step_end"] = self._step_callback(request, progress, cancel)
             modules = [pipe.unet, pipe.vae, getattr(pipe, "controlnet", None)]
-            with seamless(modules, request.seamless):
-                images = pipe(**kwargs).images
+            pipe.scheduler = self._scheduler(sampler)
+            try:
+                with seamless(modules, request.seamless):
+                    images = pipe(**kwargs).images
+            finally:  # the sampler, like seamless, is the job's: the model is left as it was loaded
+                pipe.scheduler = self._default_scheduler
+        if "mask" in inputs:
+            # What lies outside the mask is the caller's, unchanged to the pixel: the VAE round trip would
+            # otherwise soften it (and, in texturing, repaint texels that were already good).
+            from PIL import Image
+
+            images = [Image.composite(img, init, mask) for img, init, mask in
+                      zip(images, inputs["init"], inputs["mask"], strict=True)]
         params = self._parameters(request, sampler or samplers.name_of(self._default_scheduler))
-        return [
-            GeneratedImage(image=image, seed=request.image_seed(k), parameters={**params, "seed": request.image_seed(k)})
-            for k, image in enumerate(images)
-        ]
+        seeds = [request.image_seed(k) for k in range(len(images))]
+        return [GeneratedImage(image=image, seed=seed, parameters={**params, "seed": seed})
+                for image, seed in zip(images, seeds, strict=True)]
 
     # -- one job ---------------------------------------------------------------------------------
 
@@ -279,20 +295,12 @@ class DiffusersEngine:
             self._schedulers[sampler] = samplers.build(sampler, self._default_scheduler.config)
         return self._schedulers[sampler]
 
-    def _call_arguments(self, request: GenerationRequest, key: str, pipe) -> dict[str, Any]:
+    def _call_arguments(self, request: GenerationRequest, key: str, inputs: dict[str, list]) -> dict[str, Any]:
         import torch
         from PIL import Image
 
         n = request.batch_size * request.count
         size = (request.width, request.height)
-
-        def per_image(images: tuple, mode: str) -> list:
-            # One entry per output image, item-major, so each image meets its own view's inputs whatever
-            # the pipeline does with num_images_per_prompt.
-            prepared = [img.convert(mode) if img.size == size else img.convert(mode).resize(size, Image.LANCZOS)
-                        for img in images]
-            return [prepared[(k // request.count) % len(prepared)] for k in range(n)]
-
         kwargs: dict[str, Any] = dict(
             prompt=[request.prompt] * n,
             negative_prompt=[request.negative_prompt] * n,
@@ -302,16 +310,14 @@ class DiffusersEngine:
             generator=[torch.Generator("cpu").manual_seed(request.image_seed(k)) for k in range(n)],
             output_type="pil",
         )
-        init = per_image(request.init_images, "RGB") if request.init_images else None
-        masks = per_image(request.masks, "L") if request.masks else None
-        depths = per_image(request.depths, "RGB") if request.depths else None
+        init, masks, depths = inputs.get("init"), inputs.get("mask"), inputs.get("depth")
         if self.family == "sd2-depth":
             if init is None:  # no init: start from flat grey at full strength, so only depth and prompt count
                 init = [Image.new("RGB", size, (128, 128, 128))] * n
                 kwargs["strength"] = 1.0
             else:
                 kwargs["strength"] = request.strength
-            kwargs.update(image=init, depth_map=_depth_tensor(depths, pipe))
+            kwargs.update(image=init, depth_map=_depth_tensor(depths))
             return kwargs
         if key in ("txt2img", "depth", "inpaint", "depth+mask"):
             kwargs.update(width=request.width, height=request.height)
@@ -368,6 +374,27 @@ class DiffusersEngine:
         return params
 
 
+def _per_image_inputs(request: GenerationRequest) -> dict[str, list]:
+    """Init, mask and depth images, one entry per output image (item-major) and at the output size.
+
+    Expanding here, rather than through num_images_per_prompt, makes every output meet its own view's
+    inputs whatever order a pipeline repeats its batch in.
+    """
+    from PIL import Image
+
+    n = request.batch_size * request.count
+    size = (request.width, request.height)
+    inputs = {}
+    for name, images, mode in (("init", request.init_images, "RGB"), ("mask", request.masks, "L"),
+                               ("depth", request.depths, "RGB")):
+        if not images:
+            continue
+        prepared = [img.convert(mode) if img.size == size else img.convert(mode).resize(size, Image.LANCZOS)
+                    for img in images]
+        inputs[name] = [prepared[(k // request.count) % len(prepared)] for k in range(n)]
+    return inputs
+
+
 def _family_of(pipe) -> str:
     name = type(pipe).__name__
     if "XL" in name:
@@ -379,7 +406,7 @@ def _family_of(pipe) -> str:
     return "sd"
 
 
-def _depth_tensor(depths: list | None, pipe):
+def _depth_tensor(depths: list | None):
     """Depth images (near = bright) as the (B, H, W) tensor StableDiffusionDepth2ImgPipeline takes."""
     import numpy as np
     import torch

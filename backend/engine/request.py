@@ -77,7 +77,9 @@ class GenerationRequest:
                 raise InvalidRequest(f"{name} must be an integer of at least 64, got {value!r}")
             if value % 8:
                 lower, upper = value - value % 8, value - value % 8 + 8
-                raise InvalidRequest(f"{name} must be a multiple of 8 (the latent grid), got {value}: use {lower} or {upper}")
+                raise InvalidRequest(
+                    f"{name} must be a multiple of 8 (the latent grid), got {value}: use {lower} or {upper}"
+                )
         if not isinstance(self.steps, int) or self.steps < 1:
             raise InvalidRequest(f"steps must be at least 1, got {self.steps!r}")
         if not isinstance(self.count, int) or self.count < 1:
@@ -92,6 +94,11 @@ class GenerationRequest:
             raise InvalidRequest(f"seamless must be one of x, y, xy (or empty), got {self.seamless!r}")
         if self.controlnet_scale < 0:
             raise InvalidRequest(f"controlnet_scale must not be negative, got {self.controlnet_scale}")
+        if self.init_images and int(self.steps * self.strength) < 1:
+            raise InvalidRequest(
+                f"strength {self.strength} of {self.steps} steps leaves no step to run: "
+                f"raise strength to at least {1 / self.steps:.2f} or add steps"
+            )
         if self.masks and not self.init_images:
             raise InvalidRequest("a mask needs an init image to inpaint into")
         sizes = {len(x) for x in (self.init_images, self.masks, self.depths) if x}

@@ -114,8 +114,15 @@ def build_depth_controlnet(unet, seed: int = 0):
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=CONTROLNET_CONDITIONING_CHANNELS
         )
-        # from_unet copies the UNet's weights and zero-initialises the outputs, so a fresh ControlNet has
-        # no effect at all; give its output convolutions small random weights so depth visibly steers.
+        # A fresh ControlNet is zero-initialised where the condition enters and where its residuals leave,
+        # so it has no effect at all; give those convolutions random weights so depth visibly steers.
+        # The condition path gets variance-preserving weights, so the depth arrives at full strength.
+        for conv in controlnet.controlnet_cond_embedding.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        # ...and a louder output, so that it is not drowned by the random UNet (measured: another depth map
+        # then moves pixels by ~3/255 on average instead of ~0.4).
+        controlnet.controlnet_cond_embedding.conv_out.weight.data.mul_(10.0)
         for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            torch.nn.init.normal_(conv.weight, std=0.5)
+            conv.reset_parameters()
     return controlnet.eval()

@@ -1,0 +1,247 @@
+"""`scene-diffusion`: the command line.
+
+Every error a user can fix ends the command with one line on stderr saying what to do, exit status 2,
+and no output file. Heavy libraries load only once the arguments and input images have been checked,
+so a typo is reported in a fraction of a second rather than after a model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import Cancelled, InvalidRequest, ModelUnavailable, SceneDiffusionError
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress bar and errors: no library banners or hub warnings."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn in place on a terminal and printed sparingly otherwise."""
+
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.started = time.perf_counter()
+        self.tty = self.stream.isatty()
+        self._last_line = ""
+
+    def __call__(self, progress) -> None:
+        done = max(0, min(progress.step, progress.total))
+        filled = int(self.width * done / max(progress.total, 1))
+        elapsed = time.perf_counter() - self.started
+        rate = f"{elapsed / done:.2f} s/step" if done else ""
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] step {done}/{progress.total} {rate}"
+        if self.tty:
+            self.stream.write("\r" + line)
+        elif done == progress.total or done == 1:
+            self.stream.write(line + "\n")
+        self._last_line = line
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- generate ------------------------------------------------------------------------------------
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from .engine.models import DEFAULT_MODEL
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"Hugging Face repo id, local diffusers folder, .safetensors file, or testing/tiny-sd "
+                            f"(default: {DEFAULT_MODEL})")
+    group.add_argument("--controlnet", help="depth ControlNet (repo id, folder or file) for --depth; "
+                                            "default: the standard one for the model's family")
+    group.add_argument("--config", dest="single_file_config",
+                       help="for a single-file checkpoint: repo id or local folder with its configs and tokenizer")
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="allow .ckpt/.bin pickle weights (they can run code: only for files you trust)")
+    group.add_argument("--fallback-model",
+                       help="if --model cannot be had (offline, not cached), say so and use this model instead")
+    group.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="weights precision (default: fp16 on GPUs, fp32 on CPU)")
+    group.add_argument("--attention-slicing", action="store_true", help="less memory, a little slower")
+    group.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (less memory)")
+    group.add_argument("--cpu-offload", action="store_true",
+                       help="keep model parts on the CPU until used (needs accelerate and a GPU)")
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    return dict(
+        controlnet=args.controlnet,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+        attention_slicing=args.attention_slicing,
+        vae_tiling=args.vae_tiling,
+        cpu_offload=args.cpu_offload,
+        single_file_config=args.single_file_config,
+    )
+
+
+def build_engine(args: argparse.Namespace, err=None):
+    """The engine for --model, or for --fallback-model (with a one-line note) when --model can't be had."""
+    from .engine import create_engine
+    from .engine.models import resolve
+
+    err = err or sys.stderr
+    resolve(args.model, allow_pickle=args.allow_pickle)  # fail fast on paths and formats, before imports
+    try:
+        return create_engine(args.model, **_engine_options(args))
+    except ModelUnavailable as exc:
+        if not args.fallback_model or args.fallback_model == args.model:
+            raise
+        first = str(exc).split(". ")[0]
+        err.write(f"note: {first}; using {args.fallback_model} instead\n")
+        return create_engine(args.fallback_model, **_engine_options(args))
+
+
+def add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from a prompt (and optional init, mask, depth images)",
+                       description="Generate images in-process. Every PNG carries its parameters.")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", required=True, help="output PNG; with --count N: OUT-1.png ... OUT-N.png")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
+    p.add_argument("--seed", type=int, default=-1, help="-1 (default) picks one; it is stored in the PNG")
+    p.add_argument("--width", type=int, help="default: the init image's width, else 512")
+    p.add_argument("--height", type=int, help="default: the init image's height, else 512")
+    p.add_argument("--init", help="init image for image-to-image")
+    p.add_argument("--strength", type=float, default=0.75, help="how much of --init is repainted, 0..1")
+    p.add_argument("--mask", help="inpainting mask: white is repainted (needs --init)")
+    p.add_argument("--depth", help="depth image (near = bright) to condition on, same size as the output")
+    p.add_argument("--controlnet-scale", type=float, default=1.0, help="weight of the depth condition")
+    p.add_argument("--seamless", choices=["x", "y", "xy"], help="make the image tile on x, y or both")
+    p.add_argument("--count", type=int, default=1, help="images to generate (consecutive seeds)")
+    p.add_argument("--sampler", default="", help="euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddim, unipc, ... "
+                                                 "(default: the model's own)")
+    add_model_options(p)
+    p.set_defaults(run=run_generate)
+
+
+def output_paths(output: str, n: int) -> list[Path]:
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise InvalidRequest(f"the output '{output}' must be a .png file")
+    if not path.parent.is_dir():
+        raise InvalidRequest(f"the output folder '{path.parent}' does not exist")
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(1, n + 1)]
+
+
+def build_request(args: argparse.Namespace):
+    """The GenerationRequest for the arguments, with input images read and checked (no model yet)."""
+    from .engine.request import GenerationRequest
+    from .images import open_image
+
+    init = open_image(args.init, "init image") if args.init else None
+    mask = open_image(args.mask, "mask", mode="L") if args.mask else None
+    depth = open_image(args.depth, "depth image", mode="L") if args.depth else None
+    if mask is not None and init is None:
+        raise InvalidRequest("--mask needs --init: the image to inpaint into")
+    width = args.width or (init.width if init else 512)
+    height = args.height or (init.height if init else 512)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=width,
+        height=height,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=None if args.seed == -1 else args.seed,
+        count=args.count,
+        strength=args.strength,
+        init_images=(init,) if init else (),
+        masks=(mask,) if mask else (),
+        depths=(depth,) if depth else (),
+        controlnet_scale=args.controlnet_scale,
+        seamless=args.seamless or "",
+        sampler=args.sampler,
+    )
+    request.validate()
+    from .engine.samplers import canonical
+
+    canonical(args.sampler)
+    return request
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .images import png_bytes, write_atomic
+
+    request = build_request(args)
+    paths = output_paths(args.output, request.batch_size * request.count)
+    engine = build_engine(args)
+    bar = ProgressBar()
+    cancel = threading.Event()
+    try:
+        results = engine.generate(request, progress=bar, cancel=cancel)
+    finally:
+        bar.close()
+    # Encode everything first: a failure while encoding leaves no file behind.
+    encoded = [png_bytes(r.image, r.parameters) for r in results]
+    for path, data in zip(paths, encoded, strict=True):
+        write_atomic(path, data)
+    seeds = ", ".join(str(r.seed) for r in results)
+    print(f"wrote {', '.join(str(p) for p in paths)} (seed {seeds})")
+    return 0
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scene-diffusion", description="Diffusion for Blender scenes.")
+    parser.add_argument("--version", action="version", version=f"scene-diffusion {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generate_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = make_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("\ncancelled: nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except SceneDiffusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a bug, not a user error: one line, the traceback on request
+        if os.environ.get("SCENE_DIFFUSION_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set SCENE_DIFFUSION_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Shared fixtures. No test reaches a model hub: HF_HUB_OFFLINE is forced before anything imports the hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TINY = "testing/tiny-sd"
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    """One tiny engine for the session: the model loads once, as in production."""
+    from backend.engine import create_engine
+
+    return create_engine(TINY)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture
+def gradient():
+    """A 64x64 left-to-right grey ramp (a depth map: right side near)."""
+    from PIL import Image
+
+    return Image.fromarray(np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1)), "L")
+
+
+@pytest.fixture
+def square_mask():
+    from PIL import Image
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return mask
