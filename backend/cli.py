@@ -210,6 +210,26 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- download ------------------------------------------------------------------------------------
+
+
+def add_download_parser(sub) -> None:
+    from .engine.models import DEFAULT_MODEL
+
+    p = sub.add_parser("download", help="fetch a model into the Hugging Face cache, for offline use later")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"hub repo id (default: {DEFAULT_MODEL})")
+    p.add_argument("--depth", action="store_true", help="also fetch the depth ControlNet of the model's family")
+    p.set_defaults(run=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from .engine.models import download
+
+    for folder in download(args.model, depth=args.depth):
+        print(folder)
+    return 0
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -218,6 +238,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scene-diffusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
+    add_download_parser(sub)
     return parser
 
 

@@ -118,7 +118,7 @@ def test_model_unavailable_offline(tmp_path, capsys):
     out = tmp_path / "o.png"
     assert run_cli("x", "-o", str(out), "--model", "owner/not-here") == 2
     line = one_error_line(capsys)
-    assert "hf download owner/not-here" in line and "testing/tiny-sd" in line
+    assert "scene-diffusion download owner/not-here" in line and "testing/tiny-sd" in line
     assert not out.exists()
 
 
@@ -174,3 +174,10 @@ def test_console_script_and_ctrl_c_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "cancelled" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_offline_fails_clearly(capsys):
+    assert main(["download", "owner/not-here"]) == 2
+    assert "could not download 'owner/not-here'" in one_error_line(capsys)
+    assert main(["download", "testing/tiny-sd"]) == 2
+    assert "not a hub model id" in one_error_line(capsys)

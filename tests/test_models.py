@@ -60,7 +60,7 @@ def test_hub_id_offline_says_what_to_do():
     with pytest.raises(ModelUnavailable) as info:
         create_engine("someone/not-cached-model")
     message = str(info.value)
-    assert "HF_HUB_OFFLINE=1" in message and "hf download someone/not-cached-model" in message
+    assert "HF_HUB_OFFLINE=1" in message and "scene-diffusion download someone/not-cached-model" in message
     assert "testing/tiny-sd" in message
 
 

@@ -101,14 +101,20 @@ class DiffusersEngine:
         vae_tiling: bool = False,
         cpu_offload: bool = False,
         single_file_config: str | None = None,
+        pipeline: Any = None,
     ) -> None:
+        """`pipeline`: serve this already-built diffusers pipeline (a model built from a config, say) under
+        the name `model` instead of loading one."""
         import diffusers
 
         diffusers.utils.logging.set_verbosity_error()
-        self.source = models.resolve(model, allow_pickle=allow_pickle)
+        given = pipeline is not None
+        self.source = models.ModelSource(model, "given") if given else models.resolve(model, allow_pickle=allow_pickle)
         self.model_id = self.source.ref
         self.device = choose_device(device)
         self.dtype = choose_dtype(self.device, dtype)
+        if cpu_offload and self.device == "cpu":
+            raise InvalidRequest("--cpu-offload moves model parts between the CPU and a GPU: there is no GPU here")
         self.allow_pickle = allow_pickle
         self.cpu_offload = cpu_offload
         self._controlnet_ref = controlnet
@@ -116,7 +122,8 @@ class DiffusersEngine:
         self._lock = threading.Lock()
         self._pipelines: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
-        self.family, base = self._load(single_file_config)
+        self.family, base = (_family_of(pipeline), pipeline.to(dtype=self.dtype)) if given else self._load(
+            single_file_config)
         if attention_slicing:
             base.enable_attention_slicing()
         if vae_tiling:

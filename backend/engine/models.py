@@ -32,7 +32,7 @@ SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 TESTING_MODELS = (tiny.TINY_SD,)
 
-Kind = Literal["testing", "hub", "folder", "single_file"]
+Kind = Literal["testing", "hub", "folder", "single_file", "given"]
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,10 @@ def offline_advice(ref: str) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     why = "the hub is switched off (HF_HUB_OFFLINE=1)" if offline else "the hub could not be reached"
     return (
-        f"model '{ref}' is not in the local Hugging Face cache and {why}. On a machine with internet, run "
-        f"`hf download {ref}` (or copy its cache folder here), point --model at a local diffusers folder or "
-        f".safetensors file, or use --model {tiny.TINY_SD} for a dry run with the test model (it paints noise)"
+        f"model '{ref}' is not in the local Hugging Face cache and {why}. With internet, run "
+        f"`scene-diffusion download {ref}` once (or copy the Hugging Face cache folder here), point --model at "
+        f"a local diffusers folder or .safetensors file, or use --model {tiny.TINY_SD} for a dry run with the "
+        "test model (it paints noise)"
     )
 
 
@@ -145,3 +146,24 @@ def single_file_family(path: Path) -> str:
             if in_channels == 5:
                 return "sd2-depth"
     return "sd"
+
+
+def download(ref: str, depth: bool = False) -> list[str]:
+    """Fetch a hub model (only the files a pipeline loads, safetensors only) and, with `depth`, the depth
+    ControlNet of its family into the Hugging Face cache. Returns the local folders."""
+    import diffusers
+    from huggingface_hub import snapshot_download
+
+    source = resolve(ref)
+    if source.kind != "hub":
+        raise ModelUnavailable(f"'{ref}' is not a hub model id: there is nothing to download")
+    try:
+        folders = [str(diffusers.DiffusionPipeline.download(ref, use_safetensors=True))]
+        if depth:
+            family = "sdxl" if "xl" in ref.lower() else "sd"
+            controlnet = DEFAULT_DEPTH_CONTROLNETS[family]
+            folders.append(snapshot_download(controlnet, allow_patterns=["config.json",
+                                                                         "diffusion_pytorch_model.safetensors"]))
+    except hub_errors() as exc:
+        raise ModelUnavailable(f"could not download '{ref}': {str(exc).strip().splitlines()[0]}") from exc
+    return folders
