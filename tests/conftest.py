@@ -41,3 +41,16 @@ def square_mask():
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     return mask
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is; `weights` tests only with SCENE_DIFFUSION_REAL_WEIGHTS=1."""
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_weights = pytest.mark.skip(reason="needs real weights in the cache: set SCENE_DIFFUSION_REAL_WEIGHTS=1")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "weights" in item.keywords and os.environ.get("SCENE_DIFFUSION_REAL_WEIGHTS") != "1":
+            item.add_marker(skip_weights)

@@ -144,10 +144,8 @@ class DiffusersEngine:
 
         source = self.source
         if source.kind == "testing":
-            components = tiny.build_components()
-            pipe = diffusers.StableDiffusionPipeline(**components, requires_safety_checker=False)
-            pipe.to(dtype=self.dtype)
-            return "sd", pipe
+            pipe = tiny.build_pipeline(source.ref).to(dtype=self.dtype)
+            return _family_of(pipe), pipe
         try:
             if source.kind == "single_file":
                 family = models.single_file_family(source.path)

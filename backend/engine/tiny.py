@@ -126,3 +126,72 @@ def build_depth_controlnet(unet, seed: int = 0):
         for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             conv.reset_parameters()
     return controlnet.eval()
+
+
+TINY_SDXL = "testing/tiny-sdxl"
+TINY_SD2_DEPTH = "testing/tiny-sd2-depth"
+
+SDXL_UNET_CONFIG = dict(
+    UNET_CONFIG,
+    cross_attention_dim=64,  # the two text encoders' hidden states side by side, as in SDXL
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text embedding
+)
+
+
+def build_sdxl_components(seed: int = 0) -> dict:
+    """The components of a StableDiffusionXLPipeline (two text encoders, size conditioning), tiny and random."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = load_tokenizer()
+    text_config = CLIPTextConfig(**TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(text_config)
+        torch.manual_seed(seed + 4)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    return dict(
+        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer, tokenizer_2=load_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
+                                            if k not in ("clip_sample", "set_alpha_to_one")}),
+        image_encoder=None, feature_extractor=None,
+    )
+
+
+def build_sd2_depth_components(seed: int = 0) -> dict:
+    """The components of a StableDiffusionDepth2ImgPipeline: a UNet that takes depth as a fifth channel."""
+    import torch
+
+    components = build_components(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 5)
+        from diffusers import UNet2DConditionModel
+
+        components["unet"] = UNet2DConditionModel(**dict(UNET_CONFIG, in_channels=5)).eval()
+    for name in ("safety_checker", "image_encoder"):
+        components.pop(name)
+    components.update(depth_estimator=None, feature_extractor=None)
+    return components
+
+
+def build_pipeline(model_id: str):
+    """The diffusers pipeline of a built-in test model."""
+    import diffusers
+
+    if model_id == TINY_SD:
+        return diffusers.StableDiffusionPipeline(**build_components(), requires_safety_checker=False)
+    if model_id == TINY_SDXL:
+        return diffusers.StableDiffusionXLPipeline(**build_sdxl_components())
+    if model_id == TINY_SD2_DEPTH:
+        return diffusers.StableDiffusionDepth2ImgPipeline(**build_sd2_depth_components())
+    raise KeyError(model_id)
