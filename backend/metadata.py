@@ -7,9 +7,15 @@ exact and typed, for reproducing the image with this project.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
+
+from .engine.samplers import SAMPLERS
+from .engine.samplers import canonical as canonical_sampler
+from .engine.samplers import label as sampler_label
+from .errors import InvalidRequest
 
 A1111_KEY = "parameters"
 JSON_KEY = "scene_diffusion"
@@ -51,6 +57,8 @@ def format_a1111(params: dict[str, Any]) -> str:
     values = dict(params)
     if "width" in values and "height" in values:
         values["size"] = f"{values['width']}x{values['height']}"
+    if values.get("sampler") in SAMPLERS:
+        values["sampler"] = sampler_label(values["sampler"])  # "Euler a", as A1111 and its readers spell it
     for name, label in _LABELS:
         value = values.get(name)
         if value is None or value == "":
@@ -79,6 +87,9 @@ def parse_a1111(text: str) -> dict[str, Any]:
                     width, _, height = value.partition("x")
                     params["width"], params["height"] = int(width), int(height)
                     continue
+                if name == "sampler":
+                    with contextlib.suppress(InvalidRequest):
+                        value = canonical_sampler(value)
                 if name in _INTS:
                     value = int(value)
                 elif name in _FLOATS:

@@ -199,3 +199,24 @@ def test_mask_without_init_and_wrong_sizes(tiny_engine, square_mask, gradient):
         tiny_engine.generate(request(init_images=(init,), strength=0.1, steps=3))
     with pytest.raises(InvalidRequest, match="one per batch item"):
         tiny_engine.generate(request(depths=(gradient,) * 2, init_images=(init,) * 3))
+
+
+def test_memory_options():
+    from backend.engine import create_engine
+
+    req = request(width=128, height=128)
+    plain = pixels(create_engine("testing/tiny-sd").generate(req)[0].image)
+    sliced = pixels(create_engine("testing/tiny-sd", attention_slicing=True).generate(req)[0].image)
+    assert np.abs(plain - sliced).max() <= 2, "attention slicing changes memory use, not the picture"
+    tiled_engine = create_engine("testing/tiny-sd", vae_tiling=True)
+    tiled = pixels(tiled_engine.generate(req)[0].image)
+    # the tiny VAE tiles above 64 px: 128 px decodes as blended tiles, same size, near the untiled picture
+    assert tiled_engine._base.vae.use_tiling and tiled.shape == plain.shape
+    assert np.abs(tiled - plain).mean() < 10
+
+
+def test_cpu_offload_without_gpu_is_refused():
+    from backend.engine import create_engine
+
+    with pytest.raises(InvalidRequest, match="no GPU here"):
+        create_engine("testing/tiny-sd", device="cpu", cpu_offload=True)

@@ -32,7 +32,7 @@ def test_a1111_text_layout():
     lines = text.split("\n")
     assert lines[0] == 'a "quoted", comma, prompt'
     assert lines[2] == "Negative prompt: blurry, low quality"
-    assert lines[3].startswith("Steps: 20, Sampler: euler_a, CFG scale: 7.5, Seed: 1234567, Size: 512x768")
+    assert lines[3].startswith("Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234567, Size: 512x768")
     assert "Denoising strength: 0.6" in lines[3]
 
 
@@ -49,7 +49,7 @@ def test_parse_text_written_by_automatic1111():
     p = parse_a1111(text)
     assert p["prompt"] == "masterpiece, castle on a hill" and p["negative_prompt"] == "ugly"
     assert p["steps"] == 30 and p["seed"] == 42 and p["guidance"] == 6.0
-    assert (p["width"], p["height"]) == (640, 512) and p["sampler"] == "DPM++ 2M Karras"
+    assert (p["width"], p["height"]) == (640, 512) and p["sampler"] == "dpmpp_2m_karras"
     assert p["Model hash"] == "6ce0161689" and p["Lora hashes"] == "a: 1, b: 2"
 
 
