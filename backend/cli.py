@@ -139,7 +139,16 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--sampler", default="", help="euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddim, unipc, ... "
                                                  "(default: the model's own)")
     add_model_options(p)
+    add_backend_options(p)
     p.set_defaults(run=run_generate)
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--backend", metavar="URL",
+                       help="run the job on a running `scene-diffusion serve` at URL instead of in-process")
+    group.add_argument("--token", default=os.environ.get("SCENE_DIFFUSION_TOKEN"),
+                       help="the server's token (default: $SCENE_DIFFUSION_TOKEN)")
 
 
 def output_paths(output: str, n: int) -> list[Path]:
@@ -194,7 +203,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
     request = build_request(args)
     paths = output_paths(args.output, request.batch_size * request.count)
-    engine = build_engine(args)
+    if args.backend:
+        from .client import RemoteEngine
+
+        engine = RemoteEngine(args.backend, token=args.token)
+    else:
+        engine = build_engine(args)
     bar = ProgressBar()
     cancel = threading.Event()
     try:
@@ -207,6 +221,73 @@ def run_generate(args: argparse.Namespace) -> int:
         write_atomic(path, data)
     seeds = ", ".join(str(r.seed) for r in results)
     print(f"wrote {', '.join(str(p) for p in paths)} (seed {seeds})")
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve the model over HTTP: /v1 jobs and the Automatic1111 API",
+                       description="Run the generation server. The model loads once, before the port opens.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--token", default=os.environ.get("SCENE_DIFFUSION_TOKEN"),
+                   help="clients must send it (Bearer, or Basic password); default: $SCENE_DIFFUSION_TOKEN")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback address without a token (only behind an authenticating proxy)")
+    p.add_argument("--max-queue", type=int, default=16, help="jobs waiting at most; more get 429")
+    p.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted")
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--max-count", type=int, default=8)
+    add_model_options(p)
+    p.set_defaults(run=run_serve)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise InvalidRequest(f"cannot listen on {host}:{port}: {exc.strerror}: "
+                                 "is another server running there? pick another --port") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host) and not args.token and not args.insecure:
+        raise InvalidRequest(
+            f"refusing to listen on {args.host} without --token: anyone who can reach this machine could use it. "
+            "Pass --token (or set SCENE_DIFFUSION_TOKEN), or --insecure if a proxy in front authenticates"
+        )
+    if args.max_queue < 1:
+        raise InvalidRequest("--max-queue must be at least 1")
+    check_port_free(args.host, args.port)
+    import uvicorn
+
+    from .server.app import Limits, create_app
+
+    engine = build_engine(args)
+    limits = Limits(max_width=args.max_size, max_height=args.max_size, max_steps=args.max_steps,
+                    max_count=args.max_count, max_queue=args.max_queue)
+    app = create_app(engine, token=args.token, limits=limits)
+    auth = "token required" if args.token else "no token"
+    print(f"serving {engine.model_id} on http://{args.host}:{args.port} ({auth}; API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level="warning")
     return 0
 
 
@@ -238,6 +319,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scene-diffusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
+    add_serve_parser(sub)
     add_download_parser(sub)
     return parser
 

@@ -45,8 +45,12 @@ def open_image(source: str | os.PathLike | bytes, role: str = "image", mode: str
             if isinstance(exc, InvalidRequest):
                 raise
             raise InvalidRequest(f"{label} is damaged or truncated: {exc}") from None
-        except Image.DecompressionBombError as exc:
-            raise InvalidRequest(f"{label} is too large to decode safely: {exc}") from None
+        except Image.DecompressionBombError as exc:  # PIL's own guard fires on open, before our size check
+            import re
+
+            declared = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"declares {declared.group(1)} pixels" if declared else "is too large to decode safely"
+            raise InvalidRequest(f"{label} {size}, more than the {MAX_INPUT_PIXELS} pixels accepted") from None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
