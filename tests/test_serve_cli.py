@@ -99,3 +99,28 @@ def test_serve_process_end_to_end(tmp_path):
         server.send_signal(signal.SIGINT)
         server.wait(30)
     assert server.returncode is not None
+
+
+def test_client_cancel_stops_the_job_on_the_server(tiny_engine):
+    import threading
+
+    from backend.client import RemoteEngine
+    from backend.engine import GenerationRequest
+    from backend.errors import Cancelled
+    from backend.server.jobs import JobQueue
+
+    queue = JobQueue(tiny_engine)
+    with live_server(create_app(tiny_engine, queue=queue)) as url:
+        cancel = threading.Event()
+        steps_seen = []
+
+        def on_progress(p):
+            steps_seen.append(p.step)
+            cancel.set()
+
+        with pytest.raises(Cancelled):
+            RemoteEngine(url).generate(GenerationRequest("x", width=64, height=64, steps=150), progress=on_progress,
+                                       cancel=cancel)
+        job = queue.get(next(iter(queue._jobs)))
+        job.done.wait(10)
+        assert job.state == "cancelled" and job.step < 150 and steps_seen
