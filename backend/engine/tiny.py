@@ -69,11 +69,19 @@ def load_tokenizer():
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
 
 
+def text_config(tokenizer):
+    """The tiny CLIP text encoder's config, with the vocabulary and special tokens of `tokenizer`."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(**TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
 def build_components(seed: int = 0) -> dict:
     """The components of a StableDiffusionPipeline, randomly initialised from `seed` (fp32, CPU)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = load_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -82,14 +90,7 @@ def build_components(seed: int = 0) -> dict:
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(**VAE_CONFIG)
         torch.manual_seed(seed + 2)
-        text_config = CLIPTextConfig(
-            **TEXT_CONFIG,
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(text_config(tokenizer))
     for module in (unet, vae, text_encoder):
         module.eval()
     return dict(
@@ -145,20 +146,19 @@ def build_sdxl_components(seed: int = 0) -> dict:
     """The components of a StableDiffusionXLPipeline (two text encoders, size conditioning), tiny and random."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = load_tokenizer()
-    text_config = CLIPTextConfig(**TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = text_config(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(**VAE_CONFIG)
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(config)
         torch.manual_seed(seed + 4)
-        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(config)
     return dict(
         unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
         tokenizer=tokenizer, tokenizer_2=load_tokenizer(),
