@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import struct
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 from conftest import pixels
+from doubles import GatedEngine
 from live_server import live_server
 from PIL import Image
 
@@ -49,39 +49,6 @@ def wait_until(predicate, timeout: float = 30):
             return value
         time.sleep(0.01)
     raise AssertionError("condition not reached")
-
-
-class GatedEngine:
-    """The tiny engine, but a job with prompt 'hold' waits at its first step until released; 'boom' fails.
-
-    It lets tests see a job running (and the queue behind it) for as long as they need, deterministically.
-    """
-
-    def __init__(self, engine):
-        self.engine, self.model_id = engine, engine.model_id
-        self.release = threading.Event()
-        self.holding = threading.Event()
-
-    def info(self):
-        return self.engine.info()
-
-    def modes(self):
-        return self.engine.modes()
-
-    def generate(self, request, progress=None, cancel=None):
-        if request.prompt == "boom":
-            raise RuntimeError("out of GPU memory (simulated)")
-
-        def gated(p):
-            if progress:
-                progress(p)
-            if request.prompt == "hold":
-                self.holding.set()
-                while not self.release.wait(0.01):
-                    if cancel is not None and cancel.is_set():
-                        break
-
-        return self.engine.generate(request, progress=gated, cancel=cancel)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Add-on logic that needs no bpy: protocol, clients, jobs, image math."""

@@ -1,0 +1,137 @@
+"""A job's life, off Blender's main thread.
+
+A worker thread talks to the backend (submit, long-poll, fetch, decode PNGs); the main thread calls
+`poll_once()` from a modal timer, which only drains a queue of events and never blocks. Tests call
+`poll_once()` directly, since timers do not run in background mode.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .clients import Backend, BackendError
+from .png import PNGError, decode_png
+from .protocol import JobIn
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    preview: np.ndarray | None = None  # (h, w, 3) uint8, top row first
+
+
+@dataclass(frozen=True)
+class Result:
+    pixels: np.ndarray  # (H, W, C) uint8, top row first
+    text: dict[str, str]  # PNG text chunks: `parameters` (A1111) and `scene_diffusion` (JSON)
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of every job: state is done, failed or cancelled; results only when done."""
+
+    state: str
+    results: list[Result] = field(default_factory=list)
+    error: str = ""
+
+
+class JobRunner:
+    """Runs one job on a backend in a worker thread. Create, `start()`, then `poll_once()` until finished."""
+
+    def __init__(self, backend: Backend | Callable[[], Backend], job: JobIn, poll_wait: float = 0.5) -> None:
+        self._backend_source = backend
+        self.job = job
+        self.poll_wait = poll_wait
+        self._events: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scene-diffusion-job", daemon=True)
+        self.finished: Finished | None = None
+        self.last_progress: Progress | None = None
+        self.job_id: str | None = None
+
+    def start(self) -> JobRunner:
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the backend to stop; the Finished(cancelled) event follows once it has."""
+        self._cancel.set()
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def poll_once(self) -> list:
+        """Events since the last call (Progress, then a Finished at the end). Never blocks."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            events.append(event)
+            if isinstance(event, Progress):
+                self.last_progress = event
+            elif isinstance(event, Finished):
+                self.finished = event
+        return events
+
+    def wait(self, timeout: float = 60.0) -> Finished:
+        """For scripts and tests: poll until finished (raises TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while self.finished is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the job did not finish in time")
+            self.poll_once()
+            time.sleep(0.01)
+        return self.finished
+
+    # -- worker ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._events.put(self._work())
+        except BackendError as exc:
+            self._events.put(Finished("failed", error=str(exc)))
+        except PNGError as exc:
+            self._events.put(Finished("failed", error=f"the backend sent an image the add-on cannot read: {exc}"))
+        except Exception as exc:  # never leave the main thread waiting for an event that will not come
+            self._events.put(Finished("failed", error=f"unexpected {type(exc).__name__}: {exc}"))
+
+    def _work(self) -> Finished:
+        backend = self._backend_source() if callable(self._backend_source) else self._backend_source
+        if self._cancel.is_set():
+            return Finished("cancelled", error="cancelled")
+        self.job_id = backend.submit(self.job)
+        last_step = 0
+        while True:
+            if self._cancel.is_set():
+                backend.cancel(self.job_id)
+                status = backend.status(self.job_id)
+                while not status.finished:  # a running job stops within one step
+                    status = backend.status(self.job_id, wait=self.poll_wait, after_step=status.step)
+                if status.state != "done":
+                    return Finished("cancelled", error="cancelled")
+            else:
+                status = backend.status(self.job_id, wait=self.poll_wait, after_step=last_step)
+            if status.state == "done":
+                pngs = backend.images(self.job_id, status.images)
+                results = []
+                for png in pngs:
+                    pixels, text = decode_png(png)
+                    results.append(Result(pixels=pixels, text=text, png=png))
+                return Finished("done", results=results)
+            if status.state in ("failed", "cancelled"):
+                return Finished(status.state, error=status.error or status.state)
+            if status.step != last_step and status.total:
+                last_step = status.step
+                preview = decode_png(status.preview)[0] if status.preview else None
+                self._events.put(Progress(status.step, status.total, preview))
