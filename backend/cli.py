@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import Cancelled, InvalidRequest, ModelUnavailable, SceneDiffusionError
+from .images import write_atomic
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -199,7 +200,7 @@ def build_request(args: argparse.Namespace):
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .images import png_bytes, write_atomic
+    from .images import png_bytes
 
     request = build_request(args)
     paths = output_paths(args.output, request.batch_size * request.count)
@@ -221,6 +222,110 @@ def run_generate(args: argparse.Namespace) -> int:
         write_atomic(path, data)
     seeds = ", ".join(str(r.seed) for r in results)
     print(f"wrote {', '.join(str(p) for p in paths)} (seed {seeds})")
+    return 0
+
+
+# -- restyle -------------------------------------------------------------------------------------
+
+
+def add_restyle_parser(sub) -> None:
+    p = sub.add_parser("restyle", help="re-imagine a .blend's camera render, held in place by its depth",
+                       description="Render the scene's camera (with its depth) and restyle it by image-to-image, "
+                                   "running the Blender add-on's own code in the bpy module.")
+    p.add_argument("scene", help="the .blend file")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("-o", "--output", required=True, help="output PNG (with its parameters inside)")
+    p.add_argument("--camera", help="camera object name (default: the scene's active camera)")
+    p.add_argument("--strength", type=float, default=0.6, help="how much of the render is repainted, 0..1")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--size", type=int, default=512, help="longest side; the render's aspect is kept")
+    p.add_argument("--depth-weight", type=float, default=1.0, help="how strongly depth holds the composition")
+    p.add_argument("--no-depth", action="store_true", help="plain image-to-image, without the depth condition")
+    p.add_argument("--scene-engine", action="store_true",
+                   help="render with the scene's engine and settings instead of a fast Workbench pass")
+    add_model_options(p)
+    add_backend_options(p)
+    p.set_defaults(run=run_restyle)
+
+
+def open_blend(path: str):
+    """Blender as a module, with `path` opened and the add-on enabled; returns bpy."""
+    if not Path(path).is_file():
+        raise InvalidRequest(f"the scene '{path}' does not exist")
+    try:
+        import bpy
+    except ImportError:
+        raise InvalidRequest("this command needs Blender as a Python module: pip install bpy==5.0.1 "
+                             "(make setup installs it)") from None
+    import addon_utils
+
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(Path(path).resolve()), load_ui=False)
+    except RuntimeError as exc:
+        raise InvalidRequest(f"Blender cannot open '{path}': {str(exc).strip().splitlines()[-1]}") from None
+    addon_utils.enable("blender_addon", default_set=False)
+    return bpy
+
+
+def run_restyle(args: argparse.Namespace) -> int:
+    from blender_addon.core.clients import BackendError, OwnServerClient
+
+    paths = output_paths(args.output, 1)
+    if not 0.0 <= args.strength <= 1.0:
+        raise InvalidRequest(f"--strength must be between 0 and 1, got {args.strength}")
+    bpy = open_blend(args.scene)
+    scene = bpy.context.scene
+    camera = scene.camera
+    if args.camera:
+        camera = bpy.data.objects.get(args.camera)
+        if camera is None or camera.type != "CAMERA":
+            names = ", ".join(o.name for o in bpy.data.objects if o.type == "CAMERA") or "none"
+            raise InvalidRequest(f"no camera named '{args.camera}' in {args.scene} (cameras: {names})")
+    if camera is None:
+        raise InvalidRequest(f"{args.scene} has no active camera: pass --camera NAME")
+    settings = scene.scene_diffusion
+    settings.prompt, settings.negative_prompt = args.prompt, args.negative_prompt
+    settings.steps, settings.guidance, settings.strength = args.steps, args.guidance, args.strength
+    settings.use_random_seed = args.seed == -1
+    settings.seed = max(args.seed, 0)
+    settings.use_depth, settings.controlnet_scale = not args.no_depth, args.depth_weight
+
+    from blender_addon import capture, generation
+    from blender_addon.core.jobs import JobRunner, Progress
+
+    width, height = capture.output_size(scene, args.size, True, args.size, args.size)
+    shot = capture.render_camera(scene, camera, width, height, fast=not args.scene_engine)
+    job = generation.build_job(bpy.context, shot)
+    if args.backend:
+        backend = OwnServerClient(args.backend, args.token or "")
+    else:
+        from .inprocess import InProcessBackend
+
+        backend = InProcessBackend(build_engine(args))
+    bar = ProgressBar()
+    runner = JobRunner(backend, job).start()
+    try:
+        while runner.running:
+            for event in runner.poll_once():
+                if isinstance(event, Progress):
+                    bar(event)
+            time.sleep(0.02)
+    except KeyboardInterrupt:
+        runner.cancel()
+        runner.wait(30)
+        raise
+    finally:
+        bar.close()
+    finished = runner.finished
+    if finished.state == "cancelled":
+        raise Cancelled()
+    if finished.state != "done":
+        raise BackendError(finished.error)
+    write_atomic(paths[0], finished.results[0].png)
+    print(f"wrote {paths[0]} ({width}x{height}, camera {camera.name})")
     return 0
 
 
@@ -319,9 +424,21 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scene-diffusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
+    add_restyle_parser(sub)
     add_serve_parser(sub)
     add_download_parser(sub)
     return parser
+
+
+def _addon_errors() -> tuple[type[BaseException], ...]:
+    """The add-on's user-facing errors (backend unreachable, capture problems), when it is loaded."""
+    errors = []
+    for module, name in (("blender_addon.core.clients", "BackendError"), ("blender_addon.capture", "CaptureError"),
+                         ("blender_addon.core.local_server", "LocalServerError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            errors.append(getattr(loaded, name))
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncancelled: nothing was written", file=sys.stderr)
         return EXIT_CANCELLED
     except SceneDiffusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except _addon_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug, not a user error: one line, the traceback on request

@@ -57,10 +57,13 @@ class LocalServer:
     # -- checks ----------------------------------------------------------------------------------
 
     def check_python(self, timeout: float = CHECK_TIMEOUT) -> None:
-        """Raise LocalServerError unless `python` is a Python that can import the backend."""
+        """Raise LocalServerError unless `python` can import the backend and finds its dependencies.
+
+        Dependencies are looked up, not imported, so the check takes a fraction of a second even with torch.
+        """
         try:
-            result = subprocess.run([self.python, "-c", "import backend.cli"], capture_output=True, encoding="utf-8",
-                                    errors="replace", timeout=timeout, creationflags=_NO_WINDOW)
+            result = subprocess.run([self.python, "-c", _CHECK], capture_output=True, encoding="utf-8",
+                                    errors="replace", timeout=timeout, cwd=_neutral_cwd(), creationflags=_NO_WINDOW)
         except subprocess.TimeoutExpired:
             raise LocalServerError(f"{self.python!r} took more than {timeout:.0f} s to import the Scene Diffusion "
                                    "backend: is it the right Python? try again, or point the add-on at another "
@@ -74,6 +77,9 @@ class LocalServer:
         last = _last_line(result.stderr) or _last_line(result.stdout)
         if "No module named 'backend'" in result.stderr:
             raise LocalServerError(f"{self.python!r} has no Scene Diffusion backend: {INSTALL_ADVICE}")
+        if result.returncode == _MISSING_STATUS and last.startswith("missing:"):
+            raise LocalServerError(f"{self.python!r} has the Scene Diffusion backend but not all it needs "
+                                   f"({last.removeprefix('missing:').strip()}): {INSTALL_ADVICE}")
         detail = f" ({last})" if last else f" (exit status {result.returncode})"
         raise LocalServerError(f"{self.python!r} could not import the Scene Diffusion backend{detail}: "
                                f"{INSTALL_ADVICE}")
@@ -116,7 +122,8 @@ class LocalServer:
         with open(self.log_path, "wb") as log:
             try:
                 self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
-                                                 stderr=subprocess.STDOUT, env=env, creationflags=_NO_WINDOW)
+                                                 stderr=subprocess.STDOUT, env=env, cwd=_neutral_cwd(),
+                                                 creationflags=_NO_WINDOW)
             except OSError as exc:
                 self._process = None
                 raise LocalServerError(f"cannot run {self.python!r} ({exc.strerror or exc}): point the add-on at "
@@ -196,6 +203,22 @@ class LocalServer:
 
 
 _NO_WINDOW = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0
+_MISSING_STATUS = 3
+_CHECK = f"""\
+import importlib.util, sys
+import backend.cli
+needed = ("torch", "diffusers", "transformers", "fastapi", "uvicorn")
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+    print("missing: " + ", ".join(missing), file=sys.stderr)
+    sys.exit({_MISSING_STATUS})
+"""
+
+
+def _neutral_cwd() -> str:
+    """A working directory that holds no `backend` folder: `-c` and `-m` put the working directory on sys.path,
+    so a check run from a source checkout would pass for a Python that has nothing installed."""
+    return tempfile.gettempdir()
 
 
 def _last_line(text: str) -> str:

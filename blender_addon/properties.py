@@ -1,0 +1,126 @@
+"""Per-file settings: one PropertyGroup on the Scene (`scene.scene_diffusion`), with the result history.
+
+Runtime state (the running job, the local server) lives in `session`, not here: it must not be saved
+into the .blend or undone by Ctrl-Z.
+"""
+
+from __future__ import annotations
+
+import json
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+# Fields restored from a history entry into the panel: property name -> parameter name in the metadata.
+RESTORABLE = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "seed": "seed",
+    "steps": "steps",
+    "guidance": "guidance",
+    "width": "width",
+    "height": "height",
+    "strength": "strength",
+    "controlnet_scale": "controlnet_scale",
+}
+
+
+class SCENEDIFF_PG_history_item(bpy.types.PropertyGroup):
+    """One generated result: the image and the parameters that reproduce it."""
+
+    image: PointerProperty(type=bpy.types.Image, name="Image")
+    parameters: StringProperty(name="Parameters", description="generation parameters (JSON)")
+    action: StringProperty(name="Action")
+
+    @property
+    def params(self) -> dict:
+        try:
+            return json.loads(self.parameters or "{}")
+        except ValueError:
+            return {}
+
+
+class SCENEDIFF_PG_settings(bpy.types.PropertyGroup):
+    prompt: StringProperty(name="Prompt", description="What to generate", default="")
+    negative_prompt: StringProperty(name="Negative", description="What to avoid", default="")
+    model: StringProperty(name="Model", description="Model on the backend (empty: the backend's default)")
+    action: EnumProperty(
+        name="Action",
+        items=[
+            ("RESTYLE", "Restyle Camera", "Re-imagine the active camera's render, held in place by its depth"),
+            ("IMAGE", "Generate Image", "A new image from the prompt alone"),
+        ],
+        default="RESTYLE",
+    )
+    use_random_seed: BoolProperty(name="Random Seed", default=True,
+                                  description="Pick a new seed for every job (it is stored with the result)")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Seed used when Random Seed is off")
+    steps: IntProperty(name="Steps", default=25, min=1, max=150, description="Denoising steps")
+    guidance: FloatProperty(name="Guidance", default=7.0, min=0.0, max=30.0,
+                            description="How strictly to follow the prompt (classifier-free guidance)")
+    width: IntProperty(name="Width", default=512, min=64, max=2048, step=8, description="Multiple of 8")
+    height: IntProperty(name="Height", default=512, min=64, max=2048, step=8, description="Multiple of 8")
+    use_render_size: BoolProperty(name="Use Render Aspect", default=True,
+                                  description="Restyle: keep the scene's render aspect ratio, longest side = Width")
+    strength: FloatProperty(name="Strength", default=0.6, min=0.0, max=1.0, subtype="FACTOR",
+                            description="Restyle: how much of the render is repainted")
+    controlnet_scale: FloatProperty(name="Depth Weight", default=1.0, min=0.0, max=2.0,
+                                    description="Restyle: how strongly the scene's depth holds the composition")
+    use_depth: BoolProperty(name="Hold Composition by Depth", default=True,
+                            description="Condition on the scene's own depth (Z pass)")
+    seamless: EnumProperty(
+        name="Seamless",
+        items=[("NONE", "Off", ""), ("x", "X", "Tile horizontally"), ("y", "Y", "Tile vertically"),
+               ("xy", "Both", "Tile on both axes")],
+        default="NONE",
+    )
+    source: EnumProperty(
+        name="Capture",
+        items=[("CAMERA", "Camera", "Render the active camera"),
+               ("VIEWPORT", "Viewport", "The 3D viewport as you see it")],
+        default="CAMERA",
+    )
+    render_engine: EnumProperty(
+        name="Render With",
+        items=[("WORKBENCH", "Fast (Workbench)", "A quick solid render of the camera"),
+               ("SCENE", "Scene Engine", "The scene's own render engine and settings (slower)")],
+        default="WORKBENCH",
+    )
+    output: EnumProperty(
+        name="Result",
+        items=[("IMAGE", "Image", "A new image, shown in an Image Editor"),
+               ("COMPOSITOR", "Compositor Output", "Also make it the frame's output through the compositor"),
+               ("PROJECT", "Project onto Objects", "Also project it onto the visible objects as a material")],
+        default="IMAGE",
+    )
+    storage: EnumProperty(
+        name="Store Images",
+        items=[("PACK", "Pack in .blend", "Keep generated images inside the .blend file"),
+               ("SAVE", "Save Next to .blend", "Write PNGs into a folder beside the .blend (needs a saved file)")],
+        default="PACK",
+    )
+    history: CollectionProperty(type=SCENEDIFF_PG_history_item)
+    history_index: IntProperty(name="Result", default=0, min=0)
+    last_seed: IntProperty(default=-1, options={"HIDDEN"})
+
+
+classes = (SCENEDIFF_PG_history_item, SCENEDIFF_PG_settings)
+_register, _unregister = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register()
+    bpy.types.Scene.scene_diffusion = PointerProperty(type=SCENEDIFF_PG_settings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.scene_diffusion
+    _unregister()
