@@ -8,6 +8,7 @@ cancel leaves the file exactly as it was.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -31,8 +32,12 @@ class Outcome:
     images: list = field(default_factory=list)
 
 
-def _seed(settings) -> int | None:
-    return None if settings.use_random_seed else settings.seed
+MAX_SEED = 2**31 - 1  # Blender's integer properties are signed 32-bit: seeds the panel can hold and restore
+
+
+def _seed(settings) -> int:
+    """The job's seed, always concrete: a random one is drawn here, so the panel can show and reuse it."""
+    return random.randint(0, MAX_SEED) if settings.use_random_seed else settings.seed
 
 
 def build_job(context, capture=None) -> JobIn:
@@ -150,7 +155,8 @@ def apply_results(context, scene, results, action: str, capture=None) -> list:
         item.image = image
         item.parameters = json.dumps(_params_of(image))
         item.action = action
-        settings.last_seed = int(_params_of(image).get("seed", -1))
+        seed = int(_params_of(image).get("seed", -1))
+        settings.last_seed = seed if 0 <= seed <= MAX_SEED else -1
     settings.history_index = len(settings.history) - 1
     _show_in_image_editor(context, created[0])
     return created

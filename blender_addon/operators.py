@@ -190,7 +190,12 @@ class SCENEDIFF_OT_restore_parameters(bpy.types.Operator):
         if item is None:
             self.report({"ERROR"}, "No such result in the history")
             return {"CANCELLED"}
+        from .generation import MAX_SEED
+
         params = item.params
+        if not 0 <= int(params.get("seed", 0)) <= MAX_SEED:
+            self.report({"ERROR"}, f"Seed {params['seed']} is beyond what Blender's seed field holds (0..{MAX_SEED})")
+            return {"CANCELLED"}
         settings = _settings(context)
         for prop, key in RESTORABLE.items():
             if key in params and params[key] is not None:

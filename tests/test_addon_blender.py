@@ -1,0 +1,255 @@
+"""The add-on in real Blender (the bpy module, headless) against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+from doubles import GatedEngine
+from live_server import live_server
+
+bpy = pytest.importorskip("bpy")
+import addon_utils  # noqa: E402
+
+from backend.server.app import create_app  # noqa: E402
+
+ADDON = "blender_addon"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def snapshot() -> dict:
+    """What registering can leave behind: types, scene properties, handlers, timers."""
+    return {
+        "types": {name for name in dir(bpy.types) if name.startswith(("SCENEDIFF", "SCENE_DIFFUSION"))},
+        "groups": {c.__name__ for c in bpy.types.PropertyGroup.__subclasses__() if c.is_registered},
+        "scene_props": {p.identifier for p in bpy.types.Scene.bl_rna.properties if p.identifier == "scene_diffusion"},
+        "handlers": {h.__name__ for h in bpy.app.handlers.load_pre},
+        "ops": set(dir(bpy.ops.scene_diffusion)),
+    }
+
+
+@pytest.fixture
+def addon():
+    """A factory scene with the add-on enabled through the preferences, as an artist has it."""
+    bpy.ops.wm.read_factory_settings(use_empty=False)
+    addon_utils.enable(ADDON, default_set=True)
+    yield bpy.context.preferences.addons[ADDON].preferences
+    addon_utils.disable(ADDON, default_set=True)
+
+
+@pytest.fixture
+def server(tiny_engine):
+    engine = GatedEngine(tiny_engine)
+    with live_server(create_app(engine)) as url:
+        yield url, engine
+        engine.release.set()
+
+
+def use_server(prefs, url):
+    prefs.backend, prefs.url, prefs.timeout = "REMOTE", url, 30.0
+
+
+def settings():
+    return bpy.context.scene.scene_diffusion
+
+
+def restyle_settings(prompt="a stone cube", **kw):
+    s = settings()
+    s.prompt, s.action, s.steps, s.width, s.height, s.seed, s.use_random_seed = prompt, "RESTYLE", 3, 128, 128, 9, False
+    for key, value in kw.items():
+        setattr(s, key, value)
+    return s
+
+
+def counts() -> tuple[int, int, int]:
+    return len(bpy.data.images), len(bpy.data.materials), len(bpy.data.objects)
+
+
+def test_register_and_unregister_leave_nothing_behind():
+    bpy.ops.wm.read_factory_settings(use_empty=False)
+    before = snapshot()
+    addon_utils.enable(ADDON, default_set=True)
+    during = snapshot()
+    assert during["types"] >= {"SCENEDIFF_PT_panel", "SCENE_DIFFUSION_OT_generate"}
+    assert "SCENEDIFF_PG_settings" in during["groups"]
+    assert "scene_diffusion" in during["scene_props"] and "_cancel_on_file_change" in during["handlers"]
+    assert "generate" in during["ops"]
+    addon_utils.disable(ADDON, default_set=True)
+    after = snapshot()
+    assert after["types"] == before["types"] and after["scene_props"] == before["scene_props"]
+    assert after["groups"] == before["groups"] and after["ops"] == before["ops"]
+    assert after["handlers"] == before["handlers"]
+    assert not hasattr(bpy.types.Scene, "scene_diffusion")
+
+
+def test_restyle_end_to_end(addon, server):
+    url, _ = server
+    use_server(addon, url)
+    restyle_settings()
+    images_before = len(bpy.data.images)
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    s = settings()
+    assert len(s.history) == 1 and len(bpy.data.images) == images_before + 1
+    image = s.history[0].image
+    params = json.loads(image["scene_diffusion"])
+    assert params["mode"] == "depth" and params["seed"] == 9 and params["prompt"] == "a stone cube"
+    assert params["strength"] == pytest.approx(0.6) and "Steps: 3" in params["parameters"]
+    assert tuple(image.size) == (128, 72), "render aspect (16:9) kept, longest side = width"
+    assert image.packed_file is not None, "packed into the .blend by default"
+    pixels = np.empty(128 * 72 * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    assert pixels.reshape(72, 128, 4)[..., :3].std() > 0.02
+    assert s.last_seed == 9 and bpy.data.images.get("SceneDiffusion Preview") is None
+
+
+def test_generate_image_and_restore_parameters(addon, server):
+    url, _ = server
+    use_server(addon, url)
+    s = settings()
+    s.prompt, s.action, s.steps, s.width, s.height, s.use_random_seed = "moss", "IMAGE", 2, 64, 64, True
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    seed = s.history[0].params["seed"]
+    s.prompt, s.steps, s.width = "something else", 7, 256
+    assert bpy.ops.scene_diffusion.restore_parameters() == {"FINISHED"}
+    assert (s.prompt, s.steps, s.width, s.seed, s.use_random_seed) == ("moss", 2, 64, seed, False)
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    first, second = (s.history[k].image for k in (0, 1))
+    a, b = (np.empty(64 * 64 * 4, np.float32) for _ in range(2))
+    first.pixels.foreach_get(a)
+    second.pixels.foreach_get(b)
+    assert np.array_equal(a, b), "restored parameters reproduce the image"
+
+
+def test_ticks_never_block_the_main_thread(addon, server):
+    from blender_addon import generation, operators
+
+    url, _ = server
+    use_server(addon, url)
+    restyle_settings(steps=20)
+    capture = operators.capture_for_restyle(bpy.context)
+    job = generation.SceneJob(bpy.context, generation.build_job(bpy.context, capture), "RESTYLE", capture).start()
+    ticks = []
+    while True:
+        t0 = time.perf_counter()
+        outcome = job.tick(bpy.context)
+        ticks.append(time.perf_counter() - t0)
+        if outcome is not None:
+            break
+        time.sleep(0.01)
+    assert outcome.state == "done"
+    progress_ticks = ticks[:-1]  # the last tick adds the result to the scene (bpy work, once)
+    print(f"\nlongest progress tick {max(progress_ticks) * 1000:.2f} ms over {len(ticks)} ticks; "
+          f"final tick {ticks[-1] * 1000:.1f} ms")
+    assert max(progress_ticks) < 0.01
+
+
+def test_cancel_leaves_the_scene_as_it_was(addon, server):
+    from blender_addon import generation, session
+
+    url, engine = server
+    use_server(addon, url)
+    restyle_settings(prompt="hold", steps=50)
+    before = counts()
+    from blender_addon import operators
+
+    capture = operators.capture_for_restyle(bpy.context)
+    job = generation.SceneJob(bpy.context, generation.build_job(bpy.context, capture), "RESTYLE", capture).start()
+    assert engine.holding.wait(30)
+    assert bpy.ops.scene_diffusion.cancel() == {"FINISHED"}
+    deadline = time.monotonic() + 30
+    while (outcome := job.tick(bpy.context)) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert outcome.state == "cancelled" and "nothing was changed" in outcome.message
+    assert counts() == before and len(settings().history) == 0
+    assert session.active_job() is None and bpy.ops.scene_diffusion.generate.poll()
+
+
+@pytest.mark.parametrize("case", ["unreachable", "engine failure", "not loopback", "bad url", "unknown model"])
+def test_failures_report_and_change_nothing(addon, server, case):
+    from blender_addon import session
+
+    url, _ = server
+    use_server(addon, url)
+    restyle_settings()
+    if case == "unreachable":
+        addon.url = f"http://127.0.0.1:{free_port()}"
+    elif case == "engine failure":
+        settings().prompt = "boom"
+    elif case == "not loopback":
+        addon.url = "http://192.0.2.1:7860"
+    elif case == "bad url":
+        addon.url = "127.0.0.1:7860"
+    else:
+        settings().model = "other/model"
+    expected = {"unreachable": "refused the connection", "engine failure": "out of GPU memory",
+                "not loopback": "Allow Online Access", "bad url": "no http:// or https:// scheme",
+                "unknown model": "unknown model .other/model."}[case]
+    before = counts()
+    # in background mode an operator's error report surfaces as a RuntimeError carrying the message
+    with pytest.raises(RuntimeError, match=expected):
+        bpy.ops.scene_diffusion.generate()
+    assert counts() == before and len(settings().history) == 0 and session.active_job() is None
+    assert bpy.ops.scene_diffusion.generate.poll(), "ready for the next job"
+
+
+def test_poll_explains_why_generate_is_disabled(addon):
+    settings().prompt = ""
+    assert not bpy.ops.scene_diffusion.generate.poll()
+    settings().prompt = "x"
+    bpy.context.scene.camera = None
+    settings().action, settings().source = "RESTYLE", "CAMERA"
+    assert not bpy.ops.scene_diffusion.generate.poll()
+    settings().action = "IMAGE"
+    assert bpy.ops.scene_diffusion.generate.poll()
+
+
+def test_opening_another_file_cancels_the_job(addon, server):
+    from blender_addon import generation, session
+
+    url, engine = server
+    use_server(addon, url)
+    restyle_settings(prompt="hold", steps=50)
+    job = generation.SceneJob(bpy.context, generation.build_job(bpy.context), "IMAGE").start()
+    assert engine.holding.wait(30)
+    bpy.ops.wm.read_factory_settings(use_empty=False)
+    assert session.active_job() is None
+    finished = job.runner.wait(30)
+    assert finished.state == "cancelled"
+
+
+def test_local_backend_is_started_and_stopped(addon, tmp_path):
+    import sys
+
+    from blender_addon import session
+
+    addon.backend, addon.python, addon.local_model, addon.timeout = "LOCAL", sys.executable, "testing/tiny-sd", 60
+    s = settings()
+    s.prompt, s.action, s.steps, s.width, s.height = "local", "IMAGE", 2, 64, 64
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    server = session.local_server()
+    assert server is not None and server.running
+    assert bpy.ops.scene_diffusion.test_connection() == {"FINISHED"}
+    assert "testing/tiny-sd" in session.connection_message()
+    addon_utils.disable(ADDON, default_set=True)
+    assert not server.running, "disabling the add-on stops the local server"
+    addon_utils.enable(ADDON, default_set=True)
+
+
+def test_local_backend_with_a_python_lacking_it(addon, tmp_path):
+    from blender_addon import session
+
+    addon.backend, addon.python = "LOCAL", "/bin/false"
+    settings().prompt, settings().action = "x", "IMAGE"
+    before = counts()
+    with pytest.raises(RuntimeError, match="/bin/false"):
+        bpy.ops.scene_diffusion.generate()
+    assert counts() == before and "/bin/false" in session.local_server_error()
