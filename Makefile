@@ -8,7 +8,7 @@ PROMPT ?= a weathered red brick wall with moss, photo
 export HF_HUB_OFFLINE ?= 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean addon
 
 setup: $(STAMP)
 
@@ -29,8 +29,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# The installable Blender extension: dist/scene_diffusion-VERSION.zip
+addon:
+	$(PYTHON) scripts/build_addon.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check backend blender_addon tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out dist
