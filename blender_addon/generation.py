@@ -132,24 +132,27 @@ def apply_results(context, scene, results, action: str, capture=None) -> list:
                              "saved file")
         save_dir = bpy.path.abspath("//scene_diffusion")
     created = []
-    try:
+    with materials.Rollback() as rollback:  # any failure takes back every image, file and material made here
         for result in results:
             params = json.loads(result.text.get("scene_diffusion", "{}") or "{}")
             params.setdefault("parameters", result.text.get("parameters", ""))
             name = ("Restyle" if action == "RESTYLE" else "Generated") + f" {params.get('seed', '')}".rstrip()
-            image = materials.new_image(name, result.pixels, params, pack=save_dir is None, save_dir=save_dir)
-            created.append(image)
+            created.append(materials.new_image(name, result.pixels, params, pack=save_dir is None,
+                                               save_dir=save_dir, rollback=rollback))
         if action == "RESTYLE" and capture is not None and settings.output == "PROJECT":
             camera = bpy.data.objects.get(capture.camera)
-            targets = [o for o in scene.objects if o.type == "MESH" and o.visible_get()]
-            if camera is not None and targets:
-                materials.project_from_camera(targets, camera, created[0], depth=capture.z)
+            visible = [o for o in scene.objects if o.type == "MESH" and o.visible_get()]
+            problems = materials.projection_problems(visible)
+            targets = [o for o in visible if o.name not in problems]
+            if camera is None:
+                raise ValueError("projecting onto objects needs a camera capture (Capture: Camera)")
+            if not targets:
+                raise ValueError("no visible mesh the result could be projected onto: "
+                                 + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+            materials.project_from_camera(targets, camera, created[0], depth=capture.z, scene=scene,
+                                          rollback=rollback)
         if action == "RESTYLE" and settings.output == "COMPOSITOR":
             compositor_output(scene, created[0])
-    except Exception:
-        for image in created:
-            bpy.data.images.remove(image)
-        raise
     for image in created:
         item = settings.history.add()
         item.image = image

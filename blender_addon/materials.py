@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -152,7 +153,8 @@ def new_image(
       the image's name (never over an existing file), referenced by path (``//``-relative when
       under the saved .blend's folder), not packed;
     - else ``pack``: the same PNG packed into the .blend (``//<name>.png`` when unpacked);
-    - else a generated image in memory (set with ``foreach_set``), lost on reload unless saved.
+    - else a generated image in memory (set with ``foreach_set``), lost on reload unless saved;
+      changing its colour space also regenerates it blank (Blender 5.0), so set pixels last.
 
     Images get a fake user (``fake_user``): Blender drops unused images when it saves the file.
     """
@@ -161,6 +163,7 @@ def new_image(
     height, width = np.shape(pixels)[:2]
     with _transaction(rollback) as rb:
         image = rb.created(bpy.data.images.new(name, width, height, alpha=has_alpha))
+        image.colorspace_settings.name = "sRGB"  # first: changing it later drops a generated image's pixels
         for key, value in properties.items():
             image[key] = value
         image.file_format = "PNG"
@@ -176,7 +179,6 @@ def new_image(
         else:
             image.pixels.foreach_set(rgba)
             image.update()
-        image.colorspace_settings.name = "sRGB"
         image.use_fake_user = fake_user
         return image
 
@@ -230,7 +232,9 @@ def _png_text(params: dict | None) -> dict[str, str]:
 
 
 def _file_name(image: bpy.types.Image) -> str:
-    return bpy.path.clean_name(image.name) + ".png"
+    """The image's name as a file name: only what Windows, macOS or Linux forbid is replaced."""
+    stem = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", image.name).strip(" .")
+    return (stem or "image") + ".png"
 
 
 def _write_png(png: bytes, save_dir: str, file_name: str, rb: Rollback) -> str:
@@ -279,8 +283,11 @@ def _free_path(directory: str, file_name: str) -> str:
 def _blend_relative(path: str) -> str:
     if bpy.data.filepath:
         blend_dir = os.path.dirname(os.path.abspath(bpy.data.filepath))
-        if os.path.commonpath([blend_dir, path]) == blend_dir:
-            return bpy.path.relpath(path)
+        try:
+            if os.path.commonpath([blend_dir, path]) == blend_dir:
+                return bpy.path.relpath(path)
+        except ValueError:  # another drive (Windows)
+            pass
     return path
 
 
@@ -484,12 +491,12 @@ def project_from_camera(
     _raise_problems(projection_problems(objects))
     width, height = _render_size(scene)
     if depth is not None:
+        # The Z pass fixes the frame: it was rendered from this camera at its own size (a capture renders at
+        # the generation size, with the scene's aspect), so project at that size.
         depth = np.asarray(depth, dtype=np.float32)
-        if depth.shape != (height, width):
-            raise ValueError(
-                f"depth is {depth.shape[::-1]} pixels but the render is {width}x{height}: "
-                "use the Z pass rendered from this camera at this resolution"
-            )
+        if depth.ndim != 2:
+            raise ValueError(f"depth must be a 2D Z pass, got shape {depth.shape}")
+        height, width = depth.shape
 
     lens = _lens(scene, camera, width, height)
     projected = {}

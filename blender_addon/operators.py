@@ -155,12 +155,9 @@ class SCENEDIFF_OT_apply_material(bpy.types.Operator):
 
         item = _history_item(context)
         try:
-            material = materials.image_material(item.image)
-            try:
-                materials.assign_material(list(context.selected_objects), material)
-            except Exception:
-                bpy.data.materials.remove(material)
-                raise
+            with materials.Rollback() as rollback:  # no material is left behind if assigning fails
+                material = materials.image_material(item.image, rollback=rollback)
+                materials.assign_material(list(context.selected_objects), material, rollback=rollback)
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

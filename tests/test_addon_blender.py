@@ -253,3 +253,88 @@ def test_local_backend_with_a_python_lacking_it(addon, tmp_path):
     with pytest.raises(RuntimeError, match="/bin/false"):
         bpy.ops.scene_diffusion.generate()
     assert counts() == before and "/bin/false" in session.local_server_error()
+
+
+def test_project_onto_visible_objects(addon, server):
+    url, _ = server
+    use_server(addon, url)
+    restyle_settings(output="PROJECT")
+    cube = bpy.data.objects["Cube"]
+    slots_before = [s.material.name for s in cube.material_slots]
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    image = settings().history[0].image
+    assert [s.material.name for s in cube.material_slots][:-1] == slots_before, "the artist's material stays"
+    material = cube.material_slots[-1].material
+    assert any(n.type == "TEX_IMAGE" and n.image == image for n in material.node_tree.nodes)
+    visibility = cube.data.attributes["SceneDiffusion Visibility"]
+    values = np.empty(len(cube.data.loops), np.float32)
+    visibility.data.foreach_get("value", values)
+    assert 0 < values.mean() < 1, "faces toward the camera are painted, the hidden ones are not"
+
+
+def test_compositor_output(addon, server):
+    url, _ = server
+    use_server(addon, url)
+    restyle_settings(output="COMPOSITOR")
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    tree = bpy.context.scene.compositing_node_group
+    image = settings().history[0].image
+    assert tree is not None and any(n.type == "IMAGE" and n.image == image for n in tree.nodes)
+
+
+def test_save_next_to_the_blend_needs_a_saved_file(addon, server, tmp_path):
+    url, _ = server
+    use_server(addon, url)
+    restyle_settings(storage="SAVE")
+    before = counts()
+    with pytest.raises(RuntimeError, match="save the .blend first"):
+        bpy.ops.scene_diffusion.generate()
+    assert counts() == before
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    image = settings().history[0].image
+    saved = list((tmp_path / "scene_diffusion").glob("*.png"))
+    assert len(saved) == 1 and image.filepath.startswith("//") and image.packed_file is None
+
+
+def test_apply_as_material_and_undo_it(addon, server):
+    url, _ = server
+    use_server(addon, url)
+    s = settings()
+    s.prompt, s.action, s.steps, s.width, s.height = "bricks", "IMAGE", 2, 64, 64
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    cube = bpy.data.objects["Cube"]
+    bpy.ops.object.select_all(action="DESELECT")
+    cube.select_set(True)
+    bpy.context.view_layer.objects.active = cube
+    materials_before = {m.name for m in bpy.data.materials}
+    # Blender's UI pushes an undo step around every UNDO operator; headless, we push them ourselves
+    bpy.ops.ed.undo_push(message="before")
+    assert bpy.ops.scene_diffusion.apply_material() == {"FINISHED"}
+    bpy.ops.ed.undo_push(message="Apply as Material")
+    cube = bpy.data.objects["Cube"]
+    new = {m.name for m in bpy.data.materials} - materials_before
+    assert len(new) == 1 and cube.material_slots[-1].material.name in new
+    assert cube.material_slots[0].material.name == "Material", "the artist's material is kept"
+    faces = np.empty(len(cube.data.polygons), np.int32)
+    cube.data.polygons.foreach_get("material_index", faces)
+    assert (faces == len(cube.material_slots) - 1).all()
+    bpy.ops.ed.undo()
+    cube = bpy.data.objects["Cube"]  # references die with an undo
+    assert {m.name for m in bpy.data.materials} == materials_before
+    assert [s.material.name for s in cube.material_slots] == ["Material"]
+
+
+def test_apply_as_material_refuses_objects_without_materials(addon, server):
+    url, _ = server
+    use_server(addon, url)
+    s = settings()
+    s.prompt, s.action, s.steps, s.width, s.height = "bricks", "IMAGE", 2, 64, 64
+    assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    bpy.ops.object.select_all(action="DESELECT")
+    bpy.data.objects["Camera"].select_set(True)
+    bpy.data.objects["Cube"].select_set(True)
+    before = counts()
+    with pytest.raises(RuntimeError, match="Camera"):
+        bpy.ops.scene_diffusion.apply_material()
+    assert counts() == before and len(bpy.data.objects["Cube"].material_slots) == 1

@@ -136,7 +136,8 @@ def test_packed_image_survives_save_and_reload(scene, tmp_path):
 
 def test_saved_png_is_atomic_and_never_overwrites(scene, tmp_path):
     folder = tmp_path / "new" / "folder"
-    first = materials.new_image("Result", gradient(), {"prompt": "p", "parameters": "p\nSteps: 1"}, save_dir=str(folder))
+    params = {"prompt": "p", "parameters": "p\nSteps: 1"}
+    first = materials.new_image("Result", gradient(), params, save_dir=str(folder))
     path = folder / "Result.png"
     assert image_path(first) == str(path)
     assert first.packed_file is None and first.source == "FILE"
@@ -353,16 +354,19 @@ def seen_from(scene, obj):
     return np.array(truth, np.float32), np.array(certain)
 
 
-def test_projection_renders_the_image_back_from_the_camera(scene, tmp_path):
-    """Cycles, looking through the camera at the projected material, sees the image where the cube is."""
-    factory_scene(128, 96)
-    scene = bpy.context.scene
+def test_projection_renders_the_image_back_from_the_camera(tmp_path):
+    """Cycles, looking through the camera at the projected material, sees the image where the cube is.
+
+    UVs interpolated across the faces would be off by up to 1.7 pixels here; the perspective divide
+    in the shader keeps it to 8-bit rounding (0.3 pixels).
+    """
+    scene = factory_scene(128, 96)
     z = render_depth(scene, tmp_path / "depth.exr")
     height, width = z.shape
     rows, cols = np.mgrid[0:height, 0:width]
     pixels = np.stack([(cols + 0.5) / width, (rows + 0.5) / height, np.full(rows.shape, 0.5)], -1)
-    image = materials.new_image("Restyle", pixels.astype(np.float32), pack=False)
-    image.colorspace_settings.name = "Non-Color"  # read the coordinates back unchanged
+    image = materials.new_image("Restyle", pixels.astype(np.float32))
+    image.colorspace_settings.name = "Non-Color"  # read the coordinates back unchanged (reloads the packed PNG)
     material = materials.project_from_camera([bpy.data.objects["Cube"]], scene.camera, image, depth=z)
     tree = material.node_tree
     mix = next(n for n in tree.nodes if n.type == "MIX")
@@ -394,9 +398,10 @@ def test_projection_refuses_before_changing_anything(scene, tmp_path):
     twin = bpy.context.active_object
     before = counts(), len(cube.data.uv_layers), len(cube.material_slots)
     cases = [
-        ([cube, light], {}, "Light is not a mesh"),
+        ([cube, light], {}, "Light cannot take a material"),
         ([cube, twin], {}, "shares its mesh"),
-        ([cube], {"depth": np.zeros((10, 10), np.float32)}, "render is 64x48"),
+        ([cube], {"depth": np.zeros(10, np.float32)}, "must be a 2D Z pass"),
+        ([cube], {"depth": np.zeros((48, 64), np.float32)}, "sees none of: Cube"),
     ]
     for objects, kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -426,7 +431,13 @@ def test_projection_failing_late_takes_everything_back(scene, tmp_path, monkeypa
 
 
 def test_undo_takes_back_what_an_operator_did(scene, tmp_path):
-    """Headless undo works once a step exists before the change (a file load pushes none in background)."""
+    """Headless undo works, given explicit steps before and after the change.
+
+    In background mode no file load pushes a first step: without one, ``ed.undo`` fails its poll with
+    "Undo disabled at startup in background-mode (call `ed.undo_push()` to explicitly initialize the
+    undo-system)". An operator with {'UNDO'} run through ``bpy.ops`` here pushes no step of its own
+    either, so the test pushes both, as the UI would around an operator.
+    """
     bpy.ops.ed.undo_push(message="before")
     cube, _, material = projected(scene, tmp_path, depth=False)
     name = material.name
