@@ -513,7 +513,10 @@ def project_from_camera(
         for obj, uv, visible, homogeneous in projected.values():
             _write_projection(obj.data, (uv_name, vis_name, hom_name), uv, visible, homogeneous, rb)
         material = rb.created(bpy.data.materials.new(image.name))
-        _projection_nodes(material, image, hom_name, vis_name, hidden_color)
+        shadow = None
+        if depth is not None and not lens.ortho:
+            shadow = rb.created(_depth_image(f"{image.name} Depth", depth, tolerance))
+        _projection_nodes(material, image, hom_name, vis_name, hidden_color, shadow)
         material[PROPERTY] = True
         material[PROPERTY + "_projection"] = json.dumps(
             {"camera": camera.name, "uv_map": uv_name, "visibility": vis_name, "homogeneous": hom_name}
@@ -620,16 +623,12 @@ def _project_mesh(obj, lens: _Lens, depth: np.ndarray | None, tolerance: float):
     face_normals = normals @ np.linalg.inv(world[:3, :3])
     toward = lens.forward[None, :] if lens.ortho else points[corner_vert] - lens.origin
     facing = np.einsum("ij,ij->i", face_normals[corner_face], np.broadcast_to(toward, face_normals[corner_face].shape))
-    visible = (
-        ahead
-        & (facing < 0.0)
-        & (uv >= 0.0).all(axis=1)
-        & (uv <= 1.0).all(axis=1)
-        & (distance >= lens.clip[0])
-        & (distance <= lens.clip[1])
-    )
-    if depth is not None:
-        visible &= _unoccluded(uv, distance, depth, tolerance)
+    # The frame's edge is not decided here, per corner: a big face whose corners all lie outside the frame
+    # (a floor, say) is still partly seen. The material clips the image per pixel instead.
+    in_frame = (uv >= 0.0).all(axis=1) & (uv <= 1.0).all(axis=1)
+    visible = ahead & (facing < 0.0) & (distance >= lens.clip[0]) & (distance <= lens.clip[1])
+    if depth is not None:  # occlusion can only be judged where the Z pass has a pixel
+        visible &= ~in_frame | _unoccluded(uv, distance, depth, tolerance)
     return uv.astype(np.float32), visible.astype(np.float32), homogeneous.astype(np.float32)
 
 
@@ -676,7 +675,20 @@ def _write_projection(mesh, names: tuple[str, str, str], uv, visible, homogeneou
     mesh.update()
 
 
-def _projection_nodes(material, image, hom_name: str, vis_name: str, hidden_color) -> None:
+def _depth_image(name: str, depth: np.ndarray, tolerance: float) -> bpy.types.Image:
+    """The Z pass as a packed float image, scaled by (1 + tolerance), for the per-pixel occlusion test."""
+    height, width = depth.shape
+    image = bpy.data.images.new(name, width, height, float_buffer=True, is_data=True)
+    scaled = np.nan_to_num(depth[::-1] * (1.0 + tolerance), nan=1e10, posinf=1e10).astype(np.float32)
+    rgba = np.repeat(scaled[..., None], 4, axis=2)
+    rgba[..., 3] = 1.0
+    image.pixels.foreach_set(rgba.ravel())
+    image.pack()
+    image.use_fake_user = True
+    return image
+
+
+def _projection_nodes(material, image, hom_name: str, vis_name: str, hidden_color, shadow=None) -> None:
     """(x·w, y·w, w) / w -> image; mix(hidden colour, image, visibility) -> Base Color."""
     tree, bsdf = _principled_tree(material)
     links = tree.links
@@ -687,7 +699,7 @@ def _projection_nodes(material, image, hom_name: str, vis_name: str, hidden_colo
     divide.operation = "DIVIDE"
     texture = _node(tree, "ShaderNodeTexImage", (-520, 0), label="Generated")
     texture.image = image
-    texture.extension = "EXTEND"
+    texture.extension = "CLIP"  # outside the camera's frame: alpha 0, so the hidden colour shows
     visibility = _node(tree, "ShaderNodeAttribute", (-520, 260), label="Visibility")
     visibility.attribute_name = vis_name
     mix = _node(tree, "ShaderNodeMix", (-220, 60), label="Seen by the camera")
@@ -697,6 +709,27 @@ def _projection_nodes(material, image, hom_name: str, vis_name: str, hidden_colo
     links.new(_socket(homogeneous.outputs, "Vector"), divide.inputs[0])
     links.new(split.outputs["Z"], divide.inputs[1])
     links.new(divide.outputs["Vector"], texture.inputs["Vector"])
-    links.new(_socket(visibility.outputs, "Fac"), _socket(mix.inputs, "Factor_Float"))
+    seen = _node(tree, "ShaderNodeMath", (-360, 200), label="Seen and in frame")
+    seen.operation = "MULTIPLY"
+    links.new(_socket(visibility.outputs, "Fac"), seen.inputs[0])
+    links.new(texture.outputs["Alpha"], seen.inputs[1])
+    factor = seen.outputs["Value"]
+    if shadow is not None:
+        # Per pixel, as a shadow map: this point's depth from the camera (w, the planar depth the Z pass
+        # holds) against the Z the render saw through the same pixel. Corners alone cannot tell which part
+        # of a big face lies behind something.
+        z_seen = _node(tree, "ShaderNodeTexImage", (-520, -300), label="Camera depth")
+        z_seen.image, z_seen.interpolation, z_seen.extension = shadow, "Closest", "EXTEND"
+        links.new(divide.outputs["Vector"], z_seen.inputs["Vector"])
+        in_front = _node(tree, "ShaderNodeMath", (-360, -160), label="Not behind what the camera saw")
+        in_front.operation = "LESS_THAN"
+        links.new(split.outputs["Z"], in_front.inputs[0])
+        links.new(z_seen.outputs["Color"], in_front.inputs[1])
+        both = _node(tree, "ShaderNodeMath", (-200, 220), label="Visible")
+        both.operation = "MULTIPLY"
+        links.new(factor, both.inputs[0])
+        links.new(in_front.outputs["Value"], both.inputs[1])
+        factor = both.outputs["Value"]
+    links.new(factor, _socket(mix.inputs, "Factor_Float"))
     links.new(texture.outputs["Color"], _socket(mix.inputs, "B_Color"))
     links.new(_socket(mix.outputs, "Result_Color"), bsdf.inputs["Base Color"])

@@ -338,3 +338,22 @@ def test_apply_as_material_refuses_objects_without_materials(addon, server):
     with pytest.raises(RuntimeError, match="Camera"):
         bpy.ops.scene_diffusion.apply_material()
     assert counts() == before and len(bpy.data.objects["Cube"].material_slots) == 1
+
+
+def test_projection_tests_occlusion_per_pixel(addon):
+    """The floor behind the cube is big (4 corners, all seen) but partly hidden: the material compares each
+    shaded point's camera depth with the Z pass, like a shadow map."""
+    from blender_addon import capture, materials
+
+    bpy.ops.mesh.primitive_plane_add(size=8, location=(0, 0, -1))
+    sc = bpy.context.scene
+    shot = capture.render_camera(sc, sc.camera, 128, 72)
+    image = materials.new_image("P", shot.color)
+    material = materials.project_from_camera([bpy.data.objects["Plane"], bpy.data.objects["Cube"]], sc.camera,
+                                             image, depth=shot.z, scene=sc)
+    depth_node = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE" and n.image != image)
+    stored = np.empty(128 * 72 * 4, np.float32)
+    depth_node.image.pixels.foreach_get(stored)
+    stored = stored.reshape(72, 128, 4)[::-1, :, 0]
+    assert depth_node.image.is_float and depth_node.interpolation == "Closest"
+    assert np.allclose(stored, shot.z * 1.01, rtol=1e-5), "the Z pass, scaled by the tolerance"

@@ -303,7 +303,11 @@ def test_projection_material_and_slot(scene, tmp_path):
     mix = bsdf.inputs["Base Color"].links[0].from_node
     assert mix.type == "MIX"
     factor = next(s for s in mix.inputs if s.identifier == "Factor_Float").links[0].from_node
-    assert factor.attribute_name == materials.VISIBILITY_ATTRIBUTE
+    # visibility x the image's alpha (0 outside the camera's frame, the texture clipping there)
+    assert factor.type == "MATH" and factor.operation == "MULTIPLY"
+    sources = {link.from_node.type: link.from_node for i in factor.inputs for link in i.links}
+    assert sources["ATTRIBUTE"].attribute_name == materials.VISIBILITY_ATTRIBUTE
+    assert sources["TEX_IMAGE"].image == image and sources["TEX_IMAGE"].extension == "CLIP"
     texture = next(s for s in mix.inputs if s.identifier == "B_Color").links[0].from_node
     assert texture.image == image
     info = json.loads(material["scene_diffusion_projection"])
