@@ -31,6 +31,9 @@ class InProcessBackend:
         return Health(version=__version__, model=self.engine.model_id, family=info["family"],
                       device=info["device"], dtype=info["dtype"], modes=tuple(self.engine.modes()))
 
+    def models(self) -> list[str]:
+        return [self.engine.model_id]
+
     def submit(self, job: JobIn) -> str:
         try:
             images = {

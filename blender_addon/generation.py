@@ -200,6 +200,9 @@ def _show_preview(pixels: np.ndarray) -> None:
     rgba[..., :3] = pixels[::-1, :, :3] / 255.0
     image.pixels.foreach_set(rgba.ravel())
     image.update()
+    if not bpy.app.background:  # the panel shows the preview's icon: make and refresh it
+        image.preview_ensure()
+        image.preview.reload()
 
 
 def _status(context, text) -> None:

@@ -231,6 +231,7 @@ class SCENEDIFF_OT_test_connection(bpy.types.Operator):
         try:
             backend = session.backend_source(context)()
             health = backend.health()
+            session.set_known_models(backend.models())
         except (BackendError, LocalServerError) as exc:
             session.set_connection_message(str(exc))
             self.report({"ERROR"}, str(exc))

@@ -33,6 +33,12 @@ RESTORABLE = {
 }
 
 
+def _model_search(self, context, edit_text):
+    from . import session
+
+    return [name for name in session.known_models() if edit_text.lower() in name.lower()]
+
+
 class SCENEDIFF_PG_history_item(bpy.types.PropertyGroup):
     """One generated result: the image and the parameters that reproduce it."""
 
@@ -51,7 +57,9 @@ class SCENEDIFF_PG_history_item(bpy.types.PropertyGroup):
 class SCENEDIFF_PG_settings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to generate", default="")
     negative_prompt: StringProperty(name="Negative", description="What to avoid", default="")
-    model: StringProperty(name="Model", description="Model on the backend (empty: the backend's default)")
+    model: StringProperty(name="Model", description="Model on the backend (empty: the backend's default); "
+                                                    "Test Connection lists the backend's models here",
+                          search=_model_search)
     action: EnumProperty(
         name="Action",
         items=[

@@ -13,7 +13,7 @@ import bpy
 from .core.clients import Backend, BackendError, OwnServerClient, check_url, is_loopback
 from .core.local_server import LocalServer, LocalServerError
 
-_state: dict = {"job": None, "server": None, "server_error": "", "connection": "", "backend": None}
+_state: dict = {"job": None, "server": None, "server_error": "", "connection": "", "models": []}
 # Tests and the headless CLI put a backend here (an in-process engine, say); it wins over the preferences.
 override_backend: list = []
 
@@ -40,6 +40,15 @@ def connection_message() -> str:
 
 def set_connection_message(text: str) -> None:
     _state["connection"] = text
+
+
+def known_models() -> list[str]:
+    """The backend's models, as last listed (Test Connection); the panel offers them in the Model field."""
+    return list(_state["models"])
+
+
+def set_known_models(models: list[str]) -> None:
+    _state["models"] = list(models)
 
 
 def network_refusal(url: str) -> str:

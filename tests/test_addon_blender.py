@@ -357,3 +357,48 @@ def test_projection_tests_occlusion_per_pixel(addon):
     stored = stored.reshape(72, 128, 4)[::-1, :, 0]
     assert depth_node.image.is_float and depth_node.interpolation == "Closest"
     assert np.allclose(stored, shot.z * 1.01, rtol=1e-5), "the Z pass, scaled by the tolerance"
+
+
+def test_test_connection_lists_the_models_for_the_panel(addon, server):
+    from blender_addon import session
+
+    url, _ = server
+    use_server(addon, url)
+    assert bpy.ops.scene_diffusion.test_connection() == {"FINISHED"}
+    assert session.known_models() == ["testing/tiny-sd"]
+    assert "OK: testing/tiny-sd on cpu" in session.connection_message()
+
+
+def test_viewport_capture_sees_what_the_view_shows(addon):
+    """The viewport's point of view becomes a temporary camera; it is gone afterwards."""
+    from types import SimpleNamespace
+
+    from mathutils import Matrix
+
+    from blender_addon import capture
+
+    camera = bpy.context.scene.camera
+    region = SimpleNamespace(view_perspective="PERSP", view_matrix=camera.matrix_world.inverted(),
+                             view_distance=10.0)
+    space = SimpleNamespace(type="VIEW_3D", lens=camera.data.lens * 2, clip_start=0.1, clip_end=100.0)
+    objects_before = set(bpy.data.objects.keys())
+    with capture.viewport_camera(bpy.context, region, space) as view:
+        assert view.name != camera.name
+        assert np.allclose(np.array(view.matrix_world), np.array(Matrix(camera.matrix_world)), atol=1e-5)
+        shot = capture.render_camera(bpy.context.scene, view, 128, 72)
+    reference = capture.render_camera(bpy.context.scene, camera, 128, 72)
+    assert set(bpy.data.objects.keys()) == objects_before and bpy.context.scene.camera == camera
+    # the viewport's lens is relative to a 72 mm sensor: twice the focal length frames like the camera
+    assert np.abs(shot.depth.astype(int) - reference.depth.astype(int)).mean() < 2
+
+
+def test_the_addon_never_imports_torch_pil_or_the_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys, bpy, addon_utils; addon_utils.enable('blender_addon'); "
+            "import blender_addon.capture, blender_addon.generation, blender_addon.materials; "
+            "bad = [m for m in ('torch', 'PIL', 'diffusers', 'backend') if m in sys.modules]; "
+            "print('BAD', bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-500:] + result.stderr[-500:]

@@ -25,6 +25,8 @@ class Backend(Protocol):
 
     def health(self) -> Health: ...
 
+    def models(self) -> list[str]: ...
+
     def submit(self, job: JobIn) -> str: ...
 
     def status(self, job_id: str, wait: float = 0.0, after_step: int = 0) -> JobOut: ...
@@ -101,6 +103,9 @@ class OwnServerClient:
         if not isinstance(body, dict) or body.get("api") != "v1":
             raise BackendError(f"{self.url} answered, but not as a Scene Diffusion server")
         return Health.from_json(body)
+
+    def models(self) -> list[str]:
+        return [entry["id"] for entry in self._call("GET", "/v1/models").json()]
 
     def submit(self, job: JobIn) -> str:
         return self._call("POST", "/v1/jobs", json=job.to_json()).json()["id"]
