@@ -329,6 +329,143 @@ def run_restyle(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- texture -------------------------------------------------------------------------------------
+
+
+def add_texture_parser(sub) -> None:
+    p = sub.add_parser("texture", help="paint a mesh from several views and bake it onto its UV map",
+                       description="Text-to-texture with the Blender add-on's own code in the bpy module: the "
+                                   "object is painted from its camera and automatic views, the texture baked "
+                                   "onto its UV map and set up as a material; the .blend is written to --out.")
+    p.add_argument("scene", help="the .blend file")
+    p.add_argument("--object", required=True, help="the mesh object to texture")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="the .blend to write (the input is never modified in place)")
+    p.add_argument("--views", type=int, default=8, help="views in all: the camera, a ring, top and bottom")
+    p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--view-size", type=int, default=512, help="size of each generated view")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--sharpness", type=float, default=4.0, help="how much less oblique views count")
+    p.add_argument("--save-views", metavar="DIR",
+                   help="write each view's generated image and a JSON of its camera into DIR")
+    p.add_argument("--preview", metavar="PNG", help="also render the textured object from the first view")
+    add_model_options(p)
+    add_backend_options(p)
+    p.set_defaults(run=run_texture)
+
+
+def run_texture(args: argparse.Namespace) -> int:
+    import json
+    import random
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".blend":
+        raise InvalidRequest(f"--out '{args.out}' must be a .blend file")
+    if not out.parent.is_dir():
+        raise InvalidRequest(f"the folder of --out '{out.parent}' does not exist")
+    if args.texture_size < 64 or args.texture_size > 8192:
+        raise InvalidRequest(f"--texture-size must be between 64 and 8192, got {args.texture_size}")
+    if args.view_size % 8 or args.view_size < 64:
+        raise InvalidRequest(f"--view-size must be a multiple of 8 of at least 64, got {args.view_size}")
+    if args.views < 1:
+        raise InvalidRequest(f"--views must be at least 1, got {args.views}")
+    if args.save_views:
+        Path(args.save_views).mkdir(parents=True, exist_ok=True)
+    bpy = open_blend(args.scene)
+    obj = bpy.data.objects.get(args.object)
+    if obj is None:
+        meshes = ", ".join(o.name for o in bpy.data.objects if o.type == "MESH") or "none"
+        raise InvalidRequest(f"no object named '{args.object}' in {args.scene} (meshes: {meshes})")
+
+    from blender_addon import texturing
+    from blender_addon.core.clients import BackendError, OwnServerClient
+    from blender_addon.core.texture_job import TextureSettings
+
+    problem = texturing.texture_problems(obj)
+    if problem:
+        raise InvalidRequest(problem)
+    scene = bpy.context.scene
+    first = texturing.camera_spec(scene.camera) if scene.camera is not None else None
+    specs = texturing.automatic_views(obj, args.views, first)
+    uv_map = texturing.ensure_uv_map(obj)
+    seed = random.randint(0, 2**31 - 1) if args.seed == -1 else args.seed
+    settings = TextureSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                               guidance=args.guidance, seed=seed, texture_size=args.texture_size,
+                               sharpness=args.sharpness)
+    if args.backend:
+        backend = OwnServerClient(args.backend, args.token or "")
+    else:
+        from .inprocess import InProcessBackend
+
+        backend = InProcessBackend(build_engine(args))
+    job = texturing.TextureSceneJob(bpy.context, obj, settings, specs, args.view_size, uv_map,
+                                    backend_source=backend).start()
+    bar, stage = ProgressBar(), ""
+    try:
+        while (outcome := job.tick(bpy.context)) is None:
+            progress = job.progress
+            if progress is not None and progress.stage != stage:
+                bar.close()
+                stage = progress.stage
+                print(stage, file=sys.stderr)
+                bar = ProgressBar()
+            if progress is not None:
+                bar(progress)
+            time.sleep(0.02)
+    except KeyboardInterrupt:
+        job.cancel()
+        job.job.wait(60)
+        raise
+    finally:
+        bar.close()
+    if outcome.state == "cancelled":
+        raise Cancelled()
+    if outcome.state != "done":
+        raise BackendError(outcome.message)
+    finished = job.job.finished
+    if args.save_views:
+        from blender_addon.core.png import encode_png
+
+        for k, pixels, text in finished.view_images:
+            spec = specs[k]
+            write_atomic(Path(args.save_views) / f"view-{k + 1:02d}.png", encode_png(pixels, {"parameters": text}))
+            write_atomic(Path(args.save_views) / f"view-{k + 1:02d}.json",
+                         json.dumps(spec.to_json(args.view_size, args.view_size), indent=1).encode())
+    save_blend(bpy, out)
+    print(f"wrote {out}: {outcome.message}")
+    if args.preview:
+        from blender_addon import capture
+        from blender_addon.core.png import encode_png
+
+        shot = None
+        if scene.camera is not None:  # a quick Cycles render: the scene's own engine may be Eevee, slow headless
+            engine, samples = scene.render.engine, scene.cycles.samples
+            scene.render.engine, scene.cycles.samples = "CYCLES", 16
+            try:
+                shot = capture.render_camera(scene, scene.camera, 512, 512, fast=False)
+            finally:
+                scene.render.engine, scene.cycles.samples = engine, samples
+        if shot is not None:
+            write_atomic(args.preview, encode_png(shot.color))
+            print(f"wrote {args.preview}")
+    return 0
+
+
+def save_blend(bpy, out: Path) -> None:
+    """Save the open file as `out` atomically: a temporary name in the same folder, then renamed."""
+    import os
+
+    partial = out.with_name(f".{out.stem}.partial.blend")
+    try:
+        bpy.ops.wm.save_as_mainfile(filepath=str(partial), copy=True, compress=True)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 # -- serve ---------------------------------------------------------------------------------------
 
 
@@ -425,6 +562,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
     add_restyle_parser(sub)
+    add_texture_parser(sub)
     add_serve_parser(sub)
     add_download_parser(sub)
     return parser

@@ -40,19 +40,33 @@ class SCENEDIFF_OT_generate(bpy.types.Operator):
         if settings.action == "RESTYLE" and settings.source == "CAMERA" and context.scene.camera is None:
             cls.poll_message_set("Restyle needs an active camera (or capture the viewport)")
             return False
+        if settings.action == "TEXTURE":
+            from .texturing import texture_problems
+
+            problem = texture_problems(context.active_object)
+            if problem:
+                cls.poll_message_set(problem[0].upper() + problem[1:])
+                return False
+            if settings.texture_first_view == "CAMERA" and context.scene.camera is None:
+                cls.poll_message_set("Texturing starts from the active camera: add one, or start from the viewport")
+                return False
         return True
 
     def _start(self, context):
         from . import generation
+        from .texturing import TexturingError
 
         settings = _settings(context)
         capture = None
         try:
+            if settings.action == "TEXTURE":
+                self._job = texture_job(context).start()
+                return True
             if settings.action == "RESTYLE":
                 capture = capture_for_restyle(context)
             job = generation.build_job(context, capture)
             self._job = generation.SceneJob(context, job, settings.action, capture).start()
-        except (BackendError, LocalServerError, ValueError) as exc:
+        except (BackendError, LocalServerError, ValueError, TexturingError) as exc:
             self.report({"ERROR"}, str(exc))
             return False
         except Exception as exc:  # capture errors and the like: one clear report, nothing changed
@@ -106,6 +120,34 @@ def capture_for_restyle(context):
         with capture.viewport_camera(context) as camera:
             return capture.render_camera(scene, camera, width, height, fast=True)
     return capture.render_camera(scene, scene.camera, width, height, fast=fast)
+
+
+def texture_job(context, backend_source=None):
+    """The texturing job for the active object, from the panel's settings (views rendered here, now)."""
+    from . import capture, texturing
+    from .core.texture_job import TextureSettings
+    from .generation import _seed
+
+    settings = _settings(context)
+    obj = context.active_object
+    problem = texturing.texture_problems(obj)
+    if problem:
+        raise texturing.TexturingError(problem)
+    if settings.texture_first_view == "VIEWPORT":
+        with capture.viewport_camera(context) as camera:
+            first = texturing.camera_spec(camera)
+    else:
+        first = texturing.camera_spec(context.scene.camera)
+    specs = texturing.automatic_views(obj, settings.texture_views, first)
+    uv_map = texturing.ensure_uv_map(obj)
+    job_settings = TextureSettings(
+        prompt=settings.prompt, negative_prompt=settings.negative_prompt, model=settings.model or None,
+        steps=settings.steps, guidance=settings.guidance, seed=_seed(settings),
+        controlnet_scale=settings.controlnet_scale, texture_size=int(settings.texture_size),
+        sharpness=settings.texture_sharpness)
+    view_size = settings.texture_view_size - settings.texture_view_size % 8
+    return texturing.TextureSceneJob(context, obj, job_settings, specs, view_size, uv_map,
+                                     backend_source=backend_source)
 
 
 class SCENEDIFF_OT_cancel(bpy.types.Operator):

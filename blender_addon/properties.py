@@ -65,6 +65,7 @@ class SCENEDIFF_PG_settings(bpy.types.PropertyGroup):
         items=[
             ("RESTYLE", "Restyle Camera", "Re-imagine the active camera's render, held in place by its depth"),
             ("IMAGE", "Generate Image", "A new image from the prompt alone"),
+            ("TEXTURE", "Texture Selected Object", "Paint the active mesh from several views onto its UV map"),
         ],
         default="RESTYLE",
     )
@@ -114,6 +115,21 @@ class SCENEDIFF_PG_settings(bpy.types.PropertyGroup):
         items=[("PACK", "Pack in .blend", "Keep generated images inside the .blend file"),
                ("SAVE", "Save Next to .blend", "Write PNGs into a folder beside the .blend (needs a saved file)")],
         default="PACK",
+    )
+    texture_views: IntProperty(name="Views", default=8, min=1, max=16,
+                               description="Texture: the camera (or viewport) view, then a ring around the object "
+                                           "and views from top and bottom")
+    texture_size: EnumProperty(name="Texture Size", items=[(str(n), f"{n} px", "") for n in (512, 1024, 2048, 4096)],
+                               default="1024")
+    texture_view_size: IntProperty(name="View Size", default=512, min=128, max=1024, step=64,
+                                   description="Texture: size of each generated view (square, multiple of 8)")
+    texture_sharpness: FloatProperty(name="Blend Sharpness", default=4.0, min=0.5, max=16.0,
+                                     description="Texture: how much less an oblique view counts (facing^sharpness); "
+                                                 "higher keeps the most head-on view where views overlap")
+    texture_first_view: EnumProperty(
+        name="First View",
+        items=[("CAMERA", "Camera", "The active camera"), ("VIEWPORT", "Viewport", "The 3D viewport's view")],
+        default="CAMERA",
     )
     history: CollectionProperty(type=SCENEDIFF_PG_history_item)
     history_index: IntProperty(name="Result", default=0, min=0)

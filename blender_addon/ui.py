@@ -39,6 +39,8 @@ class SCENEDIFF_PT_panel(bpy.types.Panel):
             row = layout.row(align=True)
             progress = job.progress
             text = f"Step {progress.step}/{progress.total}" if progress else "Waiting for the backend..."
+            if progress is not None and getattr(progress, "stage", ""):
+                text = f"{progress.stage.capitalize()}: {text.lower()}"
             row.progress(factor=job.fraction, type="BAR", text=text)
             row.operator("scene_diffusion.cancel", text="", icon="X")
             preview = bpy.data.images.get("SceneDiffusion Preview")
@@ -70,6 +72,13 @@ class SCENEDIFF_PT_settings(bpy.types.Panel):
         col.prop(settings, "width")
         col.prop(settings, "height")
         layout.prop(settings, "seamless")
+        if settings.action == "TEXTURE":
+            layout.prop(settings, "texture_first_view")
+            layout.prop(settings, "texture_views")
+            layout.prop(settings, "texture_size")
+            layout.prop(settings, "texture_view_size")
+            layout.prop(settings, "texture_sharpness")
+            layout.prop(settings, "controlnet_scale")
         if settings.action == "RESTYLE":
             layout.prop(settings, "source")
             if settings.source == "CAMERA":

@@ -35,6 +35,10 @@ class Engine(Protocol):
 
 def create_engine(model: str = DEFAULT_MODEL, **options: Any) -> Engine:
     """Build the engine for `model` (a repo id, a local folder or file, or a testing/ id)."""
+    from .pattern import PATTERN, PatternEngine
+
+    if model == PATTERN:
+        return PatternEngine()
     from .diffusers_engine import DiffusersEngine
 
     return DiffusersEngine(model, **options)

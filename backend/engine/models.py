@@ -30,7 +30,7 @@ SINGLE_FILE_CONFIGS = {
 }
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-TESTING_MODELS = (tiny.TINY_SD, tiny.TINY_SDXL, tiny.TINY_SD2_DEPTH)
+TESTING_MODELS = (tiny.TINY_SD, tiny.TINY_SDXL, tiny.TINY_SD2_DEPTH, "testing/pattern")
 
 Kind = Literal["testing", "hub", "folder", "single_file", "given"]
 
