@@ -58,8 +58,8 @@ def rasterize(uv: np.ndarray, positions: np.ndarray, normals: np.ndarray, size: 
     read colours projected from the right place on the surface, so both sides of a seam agree.
     """
     uv = np.asarray(uv, np.float64)
-    # pixel space: x to the right, y down from the top row
-    px = np.stack([uv[..., 0] * size, (1.0 - uv[..., 1]) * size], axis=-1)
+    # pixel space: x to the right, y down from the top row (float32 is exact to 1/4000 px at 8192²)
+    px = np.stack([uv[..., 0] * size, (1.0 - uv[..., 1]) * size], axis=-1).astype(np.float32)
     lo = np.floor(px.min(axis=1) - 0.5 - margin).astype(np.int64) + 1
     hi = np.floor(px.max(axis=1) - 0.5 + margin).astype(np.int64)
     lo = np.clip(lo, 0, size - 1)
@@ -79,49 +79,54 @@ def rasterize(uv: np.ndarray, positions: np.ndarray, normals: np.ndarray, size: 
     normal = np.zeros((size * size, 3), np.float32)
     triangles = np.nonzero(usable)[0]
     cumulative = np.cumsum(counts[triangles])
-    # Two passes: margin texels first, texels inside triangles last, so the UV map's own texels always win.
-    for strict in (False, True):
-        start = 0
-        while start < len(triangles):
-            base = cumulative[start - 1] if start else 0
-            stop = int(np.searchsorted(cumulative, base + CANDIDATES_PER_CHUNK, side="right"))
-            stop = max(stop, start + 1)
-            chunk = triangles[start:stop]
-            _rasterize_chunk(chunk, counts[chunk], lo[chunk], extent[chunk], a[chunk], b[chunk], c[chunk],
-                             det[chunk], heights[chunk], 0.0 if strict else margin, positions, normals, size,
-                             interior if strict else mask, position, normal)
-            start = stop
-    mask |= interior
-    index = np.nonzero(mask)[0]
+    positions = np.asarray(positions, np.float32)
+    normals = np.asarray(normals, np.float32)
+    start = 0
+    while start < len(triangles):
+        base = cumulative[start - 1] if start else 0
+        stop = max(int(np.searchsorted(cumulative, base + CANDIDATES_PER_CHUNK, side="right")), start + 1)
+        chunk = triangles[start:stop]
+        _rasterize_chunk(chunk, counts[chunk], lo[chunk], extent[chunk], a[chunk], b[chunk], c[chunk], det[chunk],
+                         heights[chunk], margin, positions, normals, size, mask, interior, position, normal)
+        start = stop
+    index = np.nonzero(mask | interior)[0]
     n = normal[index]
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    return Surface(size=size, mask=mask.reshape(size, size), index=index, position=position[index],
-                   normal=n.astype(np.float32), interior=interior.reshape(size, size))
+    return Surface(size=size, mask=(mask | interior).reshape(size, size), index=index, position=position[index],
+                   normal=n, interior=interior.reshape(size, size))
 
 
 def _rasterize_chunk(tris, counts, lo, extent, a, b, c, det, heights, margin, positions, normals, size, mask,
-                     position, normal):
-    owner = np.repeat(np.arange(len(tris)), counts)
-    offset = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    width = extent[owner, 0]
-    x = lo[owner, 0] + offset % width
-    y = lo[owner, 1] + offset // width
-    cx, cy = x + 0.5, y + 0.5
+                     interior, position, normal):
+    owner = np.repeat(np.arange(len(tris), dtype=np.int32), counts)
+    offset = np.arange(owner.size, dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32), counts)
+    width = extent[owner, 0].astype(np.int32)
+    row, col = np.divmod(offset, width)
+    x = lo[owner, 0].astype(np.int32) + col
+    y = lo[owner, 1].astype(np.int32) + row
+    cx, cy = x + np.float32(0.5), y + np.float32(0.5)
     ax, ay = a[owner, 0], a[owner, 1]
     d = det[owner]
     w1 = ((cx - ax) * (c[owner, 1] - ay) - (c[owner, 0] - ax) * (cy - ay)) / d
     w2 = ((b[owner, 0] - ax) * (cy - ay) - (cx - ax) * (b[owner, 1] - ay)) / d
     w0 = 1.0 - w1 - w2
     h = heights[owner]
-    slack = -1e-7 - margin  # signed distance to each edge, in pixels, must be at least this
-    inside = (w0 * h[:, 0] >= slack) & (w1 * h[:, 1] >= slack) & (w2 * h[:, 2] >= slack)
-    owner, x, y = owner[inside], x[inside], y[inside]
-    weights = np.stack([w0[inside], w1[inside], w2[inside]], axis=1)[:, :, None]
-    tri = tris[owner]
+    d0, d1, d2 = w0 * h[:, 0], w1 * h[:, 1], w2 * h[:, 2]  # signed distances to the edges, in pixels
+    near = np.minimum(np.minimum(d0, d1), d2)
     flat = y * size + x
-    mask[flat] = True
-    position[flat] = (positions[tri] * weights).sum(axis=1)
-    normal[flat] = (normals[tri] * weights).sum(axis=1)
+    inside = near >= -1e-7
+    # margin texels first (never over a texel some triangle has inside), inside texels last: a texel's own
+    # triangle always wins over a neighbour's margin
+    margin_only = (near >= -1e-7 - margin) & ~inside
+    margin_only[margin_only] = ~interior[flat[margin_only]]
+    for select in (margin_only, inside):
+        where = flat[select]
+        tri = tris[owner[select]]
+        weights = np.stack([w0[select], w1[select], w2[select]], axis=1).astype(np.float32)
+        mask[where] = True
+        position[where] = np.einsum("ij,ijk->ik", weights, positions[tri])
+        normal[where] = np.einsum("ij,ijk->ik", weights, normals[tri])
+    interior[flat[inside]] = True
 
 
 def project(view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,28 +182,48 @@ def view_weights(view: View, surface: Surface, sharpness: float = 4.0, tolerance
 
     Weight = facing^sharpness (cosine between the surface normal and the direction to the camera),
     times fades near depth edges and the image border; 0 where the texel is behind what the view's
-    Z pass saw (hidden), outside the frame, or facing away.
+    Z pass saw (hidden), outside the frame, or facing away. Texels facing away are dropped first, so
+    the projection works on the half of the surface the camera can see.
     """
-    xy, depth, ahead = project(view, surface.position)
+    weight = np.zeros(len(surface.index), np.float32)
+    xy = np.full((len(surface.index), 2), -1.0, np.float32)
+    origin = view.origin.astype(np.float32)
+    if view.ortho:
+        to_camera = np.broadcast_to(-view.world_to_camera[2, :3].astype(np.float32), surface.position.shape)
+        facing = np.einsum("ij,ij->i", surface.normal, to_camera)
+    else:
+        to_camera = origin[None, :] - surface.position
+        facing = np.einsum("ij,ij->i", surface.normal, to_camera) / np.maximum(
+            np.sqrt(np.einsum("ij,ij->i", to_camera, to_camera)), 1e-12)
+    front = np.nonzero(facing > 0)[0]
+    if not len(front):
+        return weight, xy
+    points, facing = surface.position[front], facing[front]
+    matrix = (view.projection @ view.world_to_camera).astype(np.float32)
+    clip = points @ matrix[:, :3].T + matrix[:, 3]
+    w = clip[:, 3]
+    depth = -(points @ view.world_to_camera[2, :3].astype(np.float32) + np.float32(view.world_to_camera[2, 3]))
+    ahead = w > 1e-9
+    w = np.where(ahead, w, 1.0)
     height, width = view.z.shape
-    inside = ahead & (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
-    col = np.clip(xy[:, 0].astype(np.int64), 0, width - 1)
-    row = np.clip(xy[:, 1].astype(np.int64), 0, height - 1)
-    # the farthest Z of the pixel and its neighbours: texels on silhouettes and creases are not lost
+    px = (clip[:, 0] / w * 0.5 + 0.5) * width
+    py = (0.5 - clip[:, 1] / w * 0.5) * height
+    inside = ahead & (px >= 0) & (px < width) & (py >= 0) & (py < height)
+    col = np.clip(px.astype(np.int64), 0, width - 1)
+    row = np.clip(py.astype(np.int64), 0, height - 1)
+    # the farthest Z of the pixel and the 3 nearest around the projected point: texels on silhouettes and
+    # creases are not lost to a neighbouring pixel
+    col2 = np.clip(np.where(px - col >= 0.5, col + 1, col - 1), 0, width - 1)
+    row2 = np.clip(np.where(py - row >= 0.5, row + 1, row - 1), 0, height - 1)
     z = view.z
-    padded = np.pad(z, 1, mode="edge")
-    seen = np.maximum.reduce([padded[row + dy, col + dx] for dy in (0, 1, 2) for dx in (0, 1, 2)])
+    seen = np.maximum(np.maximum(z[row, col], z[row, col2]), np.maximum(z[row2, col], z[row2, col2]))
     unoccluded = depth <= seen * (1.0 + tolerance) + 1e-6
-    to_camera = (view.origin[None, :] - surface.position) if not view.ortho else np.broadcast_to(
-        -view.world_to_camera[2, :3], surface.position.shape)
-    to_camera = to_camera / np.maximum(np.linalg.norm(to_camera, axis=1, keepdims=True), 1e-12)
-    facing = np.einsum("ij,ij->i", surface.normal, to_camera)
     edge = depth_edges(z)[row, col]
-    margin = np.minimum.reduce([xy[:, 0], width - xy[:, 0], xy[:, 1], height - xy[:, 1]]) / (border * max(width,
-                                                                                                          height))
-    weight = np.clip(facing, 0.0, 1.0) ** sharpness * np.clip(edge, 0.0, 1.0) * np.clip(margin, 0.0, 1.0)
-    weight = np.where(inside & unoccluded & (facing > 0), weight, 0.0)
-    return weight.astype(np.float32), xy.astype(np.float32)
+    margin = np.minimum(np.minimum(px, width - px), np.minimum(py, height - py)) / (border * max(width, height))
+    value = facing ** sharpness * np.clip(edge, 0.0, 1.0) * np.clip(margin, 0.0, 1.0)
+    weight[front] = np.where(inside & unoccluded, value, 0.0)
+    xy[front] = np.stack([px, py], axis=1)
+    return weight, xy
 
 
 def sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -220,15 +245,15 @@ class TextureAccumulator:
     def __init__(self, surface: Surface) -> None:
         self.surface = surface
         count = len(surface.index)
-        self.colour_sum = np.zeros((count, 3), np.float64)
-        self.weight_sum = np.zeros(count, np.float64)
+        self.colour_sum = np.zeros((count, 3), np.float32)
+        self.weight_sum = np.zeros(count, np.float32)
         self.coverage = np.zeros(count, np.float32)
 
     def add(self, image: np.ndarray, weight: np.ndarray, xy: np.ndarray, blend: float = 2.0) -> None:
         """Blend a view's image (H, W, 3 float 0..1). `blend` sharpens towards the best view where views overlap."""
         seen = weight > 0
         colours = sample(image, xy[seen])
-        w = weight[seen].astype(np.float64) ** blend
+        w = weight[seen] ** np.float32(blend)
         self.colour_sum[seen] += colours * w[:, None]
         self.weight_sum[seen] += w
         self.coverage = np.maximum(self.coverage, weight)
@@ -244,7 +269,7 @@ class TextureAccumulator:
         """(texture (size, size, 3) float, painted (size, size) bool): unpainted texels filled, islands padded."""
         size = self.surface.size
         colours, painted = self.colours()
-        flat = np.zeros((size * size, 3), np.float64)
+        flat = np.zeros((size * size, 3), np.float32)
         known = np.zeros(size * size, bool)
         flat[self.surface.index[painted]] = colours[painted]
         known[self.surface.index[painted]] = True
@@ -260,7 +285,7 @@ def push_pull(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     """
     if known.all() or not known.any():
         return image.copy() if known.any() else np.full_like(image, 0.5)
-    levels = [(image * known[..., None], known.astype(np.float64))]
+    levels = [(image * known[..., None], known.astype(image.dtype))]
     while min(levels[-1][1].shape) > 1:
         colour, weight = levels[-1]
         h, w = weight.shape
