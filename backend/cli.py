@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .errors import Cancelled, InvalidRequest, ModelUnavailable, SceneDiffusionError
 from .images import write_atomic
+from .material_cli import add_material_parser
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -563,6 +564,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_restyle_parser(sub)
     add_texture_parser(sub)
+    add_material_parser(sub)
     add_serve_parser(sub)
     add_download_parser(sub)
     return parser

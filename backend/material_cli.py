@@ -81,6 +81,10 @@ def _map_settings(args: argparse.Namespace):
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before Blender or a model is loaded."""
+    if args.size < 64 or args.size % 8:
+        lower = max(64, args.size - args.size % 8)
+        raise InvalidRequest(f"--size must be a multiple of 8 of at least 64 (the latent grid), got {args.size}: "
+                             f"use {lower} or {lower + 8}")
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidRequest(f"--out-dir '{args.out_dir}' is a file, not a folder")
@@ -253,6 +257,8 @@ def _save_blend_beside(out: str) -> Path:
 def _commit_maps(out_dir: Path, encoded: dict[str, bytes]) -> None:
     """All four files or none: each written and synced to a temporary file, then all renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0o022)  # read it (only by setting it), and put it back at once
+    os.umask(umask)
     partials: dict[str, str] = {}
     try:
         for kind, data in encoded.items():
@@ -262,6 +268,7 @@ def _commit_maps(out_dir: Path, encoded: dict[str, bytes]) -> None:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(partial, 0o666 & ~umask)  # as a plain open() would: mkstemp makes files private (0600)
         for kind, partial in partials.items():
             os.replace(partial, out_dir / FILES[kind])
     finally:

@@ -32,8 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    import bpy  # first: it makes Blender's own modules (addon_utils) importable
-
+    import bpy  # noqa: I001 (first: it makes Blender's own modules, addon_utils, importable)
     import addon_utils
     import numpy as np
 

@@ -11,9 +11,9 @@ _modules: list = []
 
 
 def _bpy_modules() -> list:
-    from . import operators, preferences, properties, ui
+    from . import operators, preferences, properties, seamless_ops, ui
 
-    return [properties, preferences, operators, ui]
+    return [properties, preferences, operators, seamless_ops, ui]
 
 
 def register() -> None:

@@ -35,6 +35,7 @@ class SCENEDIFF_PT_panel(bpy.types.Panel):
         job = session.active_job()
         if job is None:
             layout.operator("scene_diffusion.generate", icon="PLAY")
+            layout.operator("scene_diffusion.seamless_material", icon="MATERIAL")
         else:
             row = layout.row(align=True)
             progress = job.progress

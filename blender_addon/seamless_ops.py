@@ -1,0 +1,252 @@
+"""The material maker: a seamless texture from the panel's prompt, set up with derived maps as a new material
+on the selected objects.
+
+The job is the panel's text-to-image job (prompt, negative prompt, model, steps, guidance, seed) at the
+operator's size with seamless tiling on both axes, run like Generate: modal from the UI (Blender stays
+responsive, Esc cancels), a blocking loop from scripts. Nothing enters the scene until the result is
+back, tiles, and its maps, images and material are all made; then they go in as one undo step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
+
+from . import generation, session
+from .core.clients import BackendError
+from .core.local_server import LocalServerError
+from .core.maps import MapSettings, NotTileable, check_tiles
+
+TICK_SECONDS = 0.1
+ACTION = "MATERIAL"
+
+
+def material_targets(context) -> tuple[list, dict[str, str]]:
+    """(selected objects that can take a material, {name: why not} for the others)."""
+    from . import materials
+
+    selected = list(getattr(context, "selected_objects", None) or ())
+    problems = materials.material_problems(selected)
+    return [o for o in selected if o.name not in problems], problems
+
+
+@dataclasses.dataclass(frozen=True)
+class MaterialOptions:
+    settings: MapSettings
+    mapping: str = "OBJECT"
+    box_projection: bool = True
+    scale: float = 1.0
+
+
+class MaterialJob(generation.SceneJob):
+    """A SceneJob whose result becomes a seamless material on `targets` (object names) instead of an image."""
+
+    def __init__(self, context, job, targets: list[str], options: MaterialOptions, skipped: dict[str, str]) -> None:
+        super().__init__(context, job, ACTION)
+        self.targets = targets
+        self.options = options
+        self.skipped = skipped
+        self.material = None
+
+    def _finish(self, context, event):
+        if event.state != "done":  # cancelled or failed: the base class reports it, nothing was added
+            return super()._finish(context, event)
+        # The base class's end-of-job bookkeeping; the result itself goes into a material, not the history alone.
+        session.set_active_job(None)
+        generation._status(context, None)
+        preview = bpy.data.images.get(generation.PREVIEW_IMAGE)
+        if preview is not None:
+            bpy.data.images.remove(preview)
+        scene = bpy.data.scenes.get(self.scene_name)
+        if scene is None:
+            return generation.Outcome("failed", "The scene the job was started from is gone: the result was not added")
+        try:
+            self.material, albedo = apply_material_result(scene, event.results[0], self.targets, self.options,
+                                                          backend=self._backend_name(context))
+        except NotTileable as exc:
+            return generation.Outcome("failed", f"Material not made: {exc}; nothing was added")
+        except Exception as exc:  # each step has already taken back its own work
+            return generation.Outcome("failed", f"Could not add the material to the scene: {exc}")
+        seconds = time.perf_counter() - self.started
+        message = f"Made material {self.material.name} on {len(self.targets)} object(s) in {seconds:.1f} s"
+        if self.skipped:
+            message += "; skipped " + ", ".join(f"{name} ({why})" for name, why in self.skipped.items())
+        return generation.Outcome("done", message, [albedo])
+
+    @staticmethod
+    def _backend_name(context) -> str:
+        from .preferences import get_preferences
+
+        if session.override_backend:
+            return "the backend"
+        preferences = get_preferences(context)
+        if preferences is not None and preferences.backend == "REMOTE":
+            return f"the backend at {preferences.url}"
+        return "the local backend"
+
+
+def apply_material_result(scene, result, targets: list[str], options: MaterialOptions, backend: str = "the backend"):
+    """(material, albedo image): the result checked for tiling, its maps, the material on the objects that
+    are still there, and a history entry for the albedo. All or nothing."""
+    from . import materials, seamless
+
+    pixels = result.pixels[..., :3]
+    check_tiles(pixels, backend)
+    objects = [obj for name in targets if (obj := bpy.data.objects.get(name)) is not None]
+    if not objects:
+        raise ValueError("the objects selected when the job started are gone")
+    params = json.loads(result.text.get("scene_diffusion", "{}") or "{}")
+    params.setdefault("parameters", result.text.get("parameters", ""))
+    settings = scene.scene_diffusion
+    save_dir = None
+    if settings.storage == "SAVE":
+        if not bpy.data.filepath:
+            raise ValueError("save the .blend first, or choose to pack images: 'Save Next to .blend' needs a "
+                             "saved file")
+        save_dir = bpy.path.abspath("//scene_diffusion")
+    name = " ".join(str(params.get("prompt") or settings.prompt).split())[:40] or "Seamless"
+    with materials.Rollback() as rollback:
+        material = seamless.material_from_albedo(
+            name, pixels, params, settings=options.settings, objects=objects, mapping=options.mapping,
+            box_projection=options.box_projection, scale=options.scale, pack=save_dir is None, save_dir=save_dir,
+            rollback=rollback)
+    albedo = next(n.image for n in material.node_tree.nodes if n.name == seamless.NODE_NAMES["albedo"])
+    item = settings.history.add()
+    item.image, item.parameters, item.action = albedo, json.dumps(params), ACTION
+    settings.history_index = len(settings.history) - 1
+    seed = int(params.get("seed", -1))
+    settings.last_seed = seed if 0 <= seed <= generation.MAX_SEED else -1
+    return material, albedo
+
+
+class SCENEDIFF_OT_seamless_material(bpy.types.Operator):
+    bl_idname = "scene_diffusion.seamless_material"
+    bl_label = "Seamless Material"
+    bl_description = ("Generate a tileable texture from the prompt, derive height, normal and roughness maps, and "
+                      "add it as a new material on the selected objects (their materials are kept); Esc cancels")
+    bl_options = {"REGISTER", "UNDO"}
+
+    size: IntProperty(name="Size", default=512, min=64, max=2048, step=8,
+                      description="Texture width and height in pixels (rounded down to a multiple of 8)")
+    normal_strength: FloatProperty(name="Normal Strength", default=2.0, min=0.0, soft_max=20.0,
+                                   description="Relief depth in texture pixels: how far the brightest part "
+                                               "stands above the darkest")
+    height_blur: FloatProperty(name="Height Smoothing", default=1.0, min=0.0, soft_max=8.0, subtype="PIXEL",
+                               description="Blur of the height (in pixels) before the normals are taken: "
+                                           "keeps pixel noise out of the relief")
+    roughness_low: FloatProperty(name="Roughness Min", default=0.3, min=0.0, max=1.0, subtype="FACTOR",
+                                 description="Roughness where the texture is even")
+    roughness_high: FloatProperty(name="Roughness Max", default=0.9, min=0.0, max=1.0, subtype="FACTOR",
+                                  description="Roughness where the texture is busiest")
+    mapping: EnumProperty(
+        name="Mapping",
+        items=[("OBJECT", "Object", "Object coordinates: no UVs needed, same texture size on every object"),
+               ("UV", "UV", "The mesh's active render UV map (uses the normal map in tangent space)")],
+        default="OBJECT",
+    )
+    box_projection: BoolProperty(name="Box Projection", default=True,
+                                 description="Object mapping: project along the object's X, Y and Z axes, blended "
+                                             "at the corners (for meshes without good UVs)")
+    scale: FloatProperty(name="Scale", default=1.0, min=0.001, soft_max=100.0,
+                         description="Repeats per object unit (Object) or per UV square (UV)")
+
+    _timer = None
+    _job = None
+
+    @classmethod
+    def poll(cls, context):
+        if session.active_job() is not None:
+            cls.poll_message_set("A generation is already running: wait for it or cancel it")
+            return False
+        settings = getattr(context.scene, "scene_diffusion", None)
+        if settings is None or not settings.prompt.strip():
+            cls.poll_message_set("Type a prompt first: it describes the material")
+            return False
+        targets, _ = material_targets(context)
+        if not targets:
+            cls.poll_message_set("Select the objects for the material (meshes, curves or text, in Object Mode)")
+            return False
+        return True
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(self, "size")
+        layout.prop(self, "normal_strength")
+        layout.prop(self, "height_blur")
+        col = layout.column(align=True)
+        col.prop(self, "roughness_low")
+        col.prop(self, "roughness_high")
+        layout.prop(self, "mapping")
+        row = layout.row()
+        row.enabled = self.mapping == "OBJECT"
+        row.prop(self, "box_projection")
+        layout.prop(self, "scale")
+
+    def _options(self) -> MaterialOptions:
+        low, high = sorted((self.roughness_low, self.roughness_high))
+        settings = MapSettings(height_blur=self.height_blur, normal_strength=self.normal_strength,
+                               roughness_low=low, roughness_high=high)
+        return MaterialOptions(settings=settings, mapping=self.mapping,
+                               box_projection=self.box_projection and self.mapping == "OBJECT", scale=self.scale)
+
+    def _start(self, context) -> bool:
+        targets, skipped = material_targets(context)
+        if not targets:
+            self.report({"ERROR"}, "Select the objects for the material (meshes, curves or text, in Object Mode)")
+            return False
+        size = self.size - self.size % 8
+        try:
+            options = self._options()
+            options.settings.validate()
+            job = dataclasses.replace(generation.build_job(context), width=size, height=size, seamless="xy",
+                                      count=1)
+            self._job = MaterialJob(context, job, [o.name for o in targets], options, skipped).start()
+        except (BackendError, LocalServerError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return False
+        except Exception as exc:  # one clear report, nothing changed
+            self.report({"ERROR"}, f"Could not start: {exc}")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        if not self._start(context):
+            return {"CANCELLED"}
+        self._timer = context.window_manager.event_timer_add(TICK_SECONDS, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            self._job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        outcome = self._job.tick(context)
+        if outcome is None:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._report(outcome)
+
+    def execute(self, context):
+        """Scripts and background mode (no event loop): the same job, polled until it ends."""
+        if not self._start(context):
+            return {"CANCELLED"}
+        while (outcome := self._job.tick(context)) is None:
+            time.sleep(0.01)
+        return self._report(outcome)
+
+    def _report(self, outcome):
+        if outcome.state == "done":
+            self.report({"WARNING"} if self._job.skipped else {"INFO"}, outcome.message)
+            return {"FINISHED"}
+        self.report({"WARNING"} if outcome.state == "cancelled" else {"ERROR"}, outcome.message)
+        return {"CANCELLED"}
+
+
+classes = (SCENEDIFF_OT_seamless_material,)
+register, unregister = bpy.utils.register_classes_factory(classes)
