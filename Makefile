@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROMPT ?= a weathered red brick wall with moss, photo
+PROMPT ?= a weathered bronze statue of a monkey, green patina
 
 export HF_HUB_OFFLINE ?= 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,blender]'
 	touch $(STAMP)
 
-# The main job: generate with the default model; where it cannot be had (offline, not cached), say so and
-# run the same path with the built-in test model.
+# The main job: texture Suzanne in the demo scene from 8 views with the default model, write the .blend and
+# a preview render. Where the default model cannot be had (offline, not cached), it says so in one line and
+# runs the whole path with the built-in test model (which paints noise).
 demo: $(STAMP)
 	mkdir -p out
-	$(BIN)/scene-diffusion generate "$(PROMPT)" -o out/demo.png --seed 42 --fallback-model testing/tiny-sd
-	$(BIN)/python -c "from PIL import Image; print(Image.open('out/demo.png').text['parameters'])"
+	$(BIN)/scene-diffusion texture demo/scene.blend --object Suzanne --prompt "$(PROMPT)" --seed 42 \
+		--out out/demo.blend --preview out/demo.png --fallback-model testing/tiny-sd
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

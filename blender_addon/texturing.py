@@ -65,11 +65,12 @@ def texture_problems(obj) -> str:
 def ensure_uv_map(obj) -> str:
     """The UV map the texture goes on: the mesh's active render map, or a new one unwrapped now."""
     mesh = obj.data
-    for layer in mesh.uv_layers:
+    maps = [layer for layer in mesh.uv_layers if not layer.name.startswith(".")]  # ".uv_select_*" are internal
+    for layer in maps:
         if layer.active_render:
             return layer.name
-    if len(mesh.uv_layers):
-        return mesh.uv_layers[0].name
+    if maps:
+        return maps[0].name
     layer = mesh.uv_layers.new(name=NEW_UV_MAP)
     mesh.uv_layers.active = layer
     _smart_unwrap(obj)
@@ -133,9 +134,16 @@ def mesh_arrays(obj, uv_map: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def bounding_sphere(obj) -> tuple[Vector, float]:
+    """Centre of the bounding box and the farthest vertex from it (world space): views frame this sphere."""
     corners = [obj.matrix_world @ Vector(c) for c in obj.bound_box]
     centre = sum(corners, Vector()) / 8
-    return centre, max((c - centre).length for c in corners)
+    if obj.type != "MESH" or not len(obj.data.vertices):
+        return centre, max((c - centre).length for c in corners)
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    world = np.array(obj.matrix_world, np.float64)
+    points = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+    return centre, float(np.linalg.norm(points - np.array(centre), axis=1).max())
 
 
 def look_at(eye: Vector, target: Vector) -> Matrix:
@@ -152,7 +160,7 @@ def automatic_views(obj, count: int, first: CameraSpec | None, lens: float = 50.
     """
     centre, radius = bounding_sphere(obj)
     fov = 2 * math.atan(36.0 / (2 * lens))
-    distance = max(radius, 1e-3) / math.sin(fov / 2) * 1.1
+    distance = max(radius, 1e-3) / math.sin(fov / 2) * 1.05
     views = [first] if first is not None else []
     start = 0.0
     if first is not None:
