@@ -30,6 +30,7 @@ class Outcome:
     state: str  # done, failed, cancelled
     message: str
     images: list = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
 
 
 MAX_SEED = 2**31 - 1  # Blender's integer properties are signed 32-bit: seeds the panel can hold and restore
@@ -117,7 +118,7 @@ class SceneJob:
             return Outcome("failed", f"Could not add the result to the scene: {exc}")
         seconds = time.perf_counter() - self.started
         names = ", ".join(image.name for image in images)
-        return Outcome("done", f"Generated {names} in {seconds:.1f} s", images)
+        return Outcome("done", f"Generated {names} in {seconds:.1f} s", images, event.warnings)
 
 
 def apply_results(context, scene, results, action: str, capture=None) -> list:

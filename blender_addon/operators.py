@@ -102,6 +102,8 @@ class SCENEDIFF_OT_generate(bpy.types.Operator):
 
     def _report(self, outcome):
         if outcome.state == "done":
+            for warning in getattr(outcome, "warnings", ()):
+                self.report({"WARNING"}, warning)
             self.report({"INFO"}, outcome.message)
             return {"FINISHED"}
         self.report({"WARNING"} if outcome.state == "cancelled" else {"ERROR"}, outcome.message)

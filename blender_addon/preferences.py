@@ -23,6 +23,8 @@ class SCENEDIFF_AP_preferences(bpy.types.AddonPreferences):
         items=[
             ("LOCAL", "Local", "Start `scene-diffusion serve` on this computer (loopback only) and use it"),
             ("REMOTE", "Remote Server", "A Scene Diffusion server elsewhere, e.g. a team's GPU machine"),
+            ("A1111", "Automatic1111 / Forge", "A WebUI started with --api (ControlNet extension for depth)"),
+            ("COMFYUI", "ComfyUI", "A ComfyUI server, used with its core nodes only"),
         ],
         default="LOCAL",
     )
@@ -37,9 +39,14 @@ class SCENEDIFF_AP_preferences(bpy.types.AddonPreferences):
                                             "local server (testing/tiny-sd: a test model that paints noise)")
     local_port: IntProperty(name="Port", default=0, min=0, max=65535, description="0: pick a free port")
     url: StringProperty(name="URL", default="http://127.0.0.1:7860",
-                        description="Address of the server, e.g. https://gpu.example.com")
+                        description="Address of the server, e.g. https://gpu.example.com "
+                                    "(Automatic1111: port 7860, ComfyUI: port 8188)")
     token: StringProperty(name="Token", subtype="PASSWORD", default="",
                           description="The server's token (scene-diffusion serve --token)")
+    username: StringProperty(name="User", default="",
+                             description="Automatic1111: the user of --api-auth user:password (empty if none)")
+    password: StringProperty(name="Password", subtype="PASSWORD", default="",
+                             description="Automatic1111: the password of --api-auth; a proxy's, for ComfyUI")
     timeout: FloatProperty(name="Timeout", default=30.0, min=1.0, max=600.0, unit="TIME_ABSOLUTE",
                            description="Longest wait for one answer from the backend")
 
@@ -66,7 +73,11 @@ class SCENEDIFF_AP_preferences(bpy.types.AddonPreferences):
                 box.label(text=session.local_server_error(), icon="ERROR")
         else:
             box.prop(self, "url")
-            box.prop(self, "token")
+            if self.backend == "REMOTE":
+                box.prop(self, "token")
+            else:
+                box.prop(self, "username")
+                box.prop(self, "password")
             reason = session.network_refusal(self.url)
             if reason:
                 box.label(text=reason, icon="ERROR")

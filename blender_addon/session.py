@@ -104,12 +104,20 @@ def backend_source(context):
     if preferences is None:
         raise BackendError("the add-on's preferences are not available: enable it in Preferences > Add-ons")
     timeout = preferences.timeout
-    if preferences.backend == "REMOTE":
+    if preferences.backend in ("REMOTE", "A1111", "COMFYUI"):
         url = check_url(preferences.url)
         refusal = network_refusal(url)
         if refusal:
             raise BackendError(refusal)
-        token = preferences.token
+        token, user, password = preferences.token, preferences.username, preferences.password
+        if preferences.backend == "A1111":
+            from .core.a1111 import A1111Client
+
+            return lambda: A1111Client(url, username=user, password=password, timeout=timeout)
+        if preferences.backend == "COMFYUI":
+            from .core.comfyui import ComfyUIClient
+
+            return lambda: ComfyUIClient(url, username=user, password=password, timeout=timeout)
         return lambda: OwnServerClient(url, token, timeout=timeout)
     server = start_local_server(preferences)
 

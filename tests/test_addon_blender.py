@@ -402,3 +402,56 @@ def test_the_addon_never_imports_torch_pil_or_the_backend():
             "print('BAD', bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-500:] + result.stderr[-500:]
+
+
+# -- the servers artists already run, through the preferences -------------------------------------
+
+
+def test_restyle_through_an_automatic1111_server(addon, tiny_engine):
+    """Our own server's /sdapi/v1 as the WebUI: restyle with ControlNet depth, unchanged add-on code."""
+    with live_server(create_app(tiny_engine, token="tok")) as url:
+        addon.backend, addon.url, addon.username, addon.password = "A1111", url, "artist", "tok"
+        restyle_settings()
+        assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    params = settings().history[0].params
+    assert params["mode"] == "depth" and params["seed"] == 9
+
+
+def test_automatic1111_without_controlnet_falls_back_and_says_so(addon):
+    from fake_a1111 import FakeA1111
+
+    from blender_addon import generation
+
+    webui = FakeA1111(controlnet=None)
+    with live_server(webui.app) as url:
+        addon.backend, addon.url = "A1111", url
+        restyle_settings()
+        from blender_addon import operators
+
+        capture = operators.capture_for_restyle(bpy.context)
+        job = generation.SceneJob(bpy.context, generation.build_job(bpy.context, capture), "RESTYLE", capture)
+        job.start()
+        deadline = time.monotonic() + 30
+        while (outcome := job.tick(bpy.context)) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert outcome.state == "done" and any("ControlNet" in w for w in outcome.warnings)
+    path, body = webui.requests[-1]
+    assert path.endswith("img2img") and "controlnet" not in json.dumps(body.get("alwayson_scripts") or {})
+
+
+def test_comfyui_refuses_seamless_before_the_job_starts(addon):
+    from fake_comfyui import FakeComfyUI
+
+    fake = FakeComfyUI()
+    with fake.serve() as url:
+        addon.backend, addon.url = "COMFYUI", url
+        s = settings()
+        s.prompt, s.action, s.steps, s.width, s.height, s.seamless = "tiles", "IMAGE", 2, 64, 64, "xy"
+        before = counts()
+        with pytest.raises(RuntimeError, match="seamless"):
+            bpy.ops.scene_diffusion.generate()
+        assert counts() == before and not fake.prompts
+        s.seamless = "NONE"
+        assert bpy.ops.scene_diffusion.generate() == {"FINISHED"}
+    assert len(settings().history) == 1

@@ -41,6 +41,7 @@ class Finished:
     state: str
     results: list[Result] = field(default_factory=list)
     error: str = ""
+    warnings: tuple[str, ...] = ()  # why the job ran with less than it asked for (a backend's fallback)
 
 
 class JobRunner:
@@ -110,6 +111,7 @@ class JobRunner:
         backend = self._backend_source() if callable(self._backend_source) else self._backend_source
         if self._cancel.is_set():
             return Finished("cancelled", error="cancelled")
+        self.backend = backend
         self.job_id = backend.submit(self.job)
         last_step = 0
         while True:
@@ -128,7 +130,8 @@ class JobRunner:
                 for png in pngs:
                     pixels, text = decode_png(png)
                     results.append(Result(pixels=pixels, text=text, png=png))
-                return Finished("done", results=results)
+                warnings = getattr(backend, "job_warnings", lambda job_id: [])(self.job_id)
+                return Finished("done", results=results, warnings=tuple(warnings))
             if status.state in ("failed", "cancelled"):
                 return Finished(status.state, error=status.error or status.state)
             if status.step != last_step and status.total:
