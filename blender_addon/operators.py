@@ -19,14 +19,58 @@ def _settings(context):
     return context.scene.scene_diffusion
 
 
-class SCENEDIFF_OT_generate(bpy.types.Operator):
+class JobOperator:
+    """What every job-running operator shares: a modal timer in the UI (Esc cancels), a polling loop for
+    scripts and background mode, and one report at the end. Subclasses start the job in `_start()`,
+    which sets `self._job` (anything with tick(context), cancel()) or reports why not and returns False."""
+
+    _timer = None
+    _job = None
+
+    def _start(self, context) -> bool:
+        raise NotImplementedError
+
+    def invoke(self, context, event):
+        if not self._start(context):
+            return {"CANCELLED"}
+        self._timer = context.window_manager.event_timer_add(TICK_SECONDS, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            self._job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        outcome = self._job.tick(context)
+        if outcome is None:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._report(outcome)
+
+    def execute(self, context):
+        """Scripts and background mode (no event loop): the same job, polled until it ends."""
+        if not self._start(context):
+            return {"CANCELLED"}
+        while (outcome := self._job.tick(context)) is None:
+            time.sleep(0.01)
+        return self._report(outcome)
+
+    def _report(self, outcome):
+        if outcome.state == "done":
+            for warning in getattr(outcome, "warnings", ()):
+                self.report({"WARNING"}, warning)
+            self.report({"INFO"}, outcome.message)
+            return {"FINISHED"}
+        self.report({"WARNING"} if outcome.state == "cancelled" else {"ERROR"}, outcome.message)
+        return {"CANCELLED"}
+
+
+class SCENEDIFF_OT_generate(JobOperator, bpy.types.Operator):
     bl_idname = "scene_diffusion.generate"
     bl_label = "Generate"
     bl_description = "Run the panel's action on the backend; Blender stays responsive, Esc cancels"
     bl_options = {"REGISTER", "UNDO"}
-
-    _timer = None
-    _job = None
 
     @classmethod
     def poll(cls, context):
@@ -73,41 +117,6 @@ class SCENEDIFF_OT_generate(bpy.types.Operator):
             self.report({"ERROR"}, f"Could not start: {exc}")
             return False
         return True
-
-    def invoke(self, context, event):
-        if not self._start(context):
-            return {"CANCELLED"}
-        self._timer = context.window_manager.event_timer_add(TICK_SECONDS, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            self._job.cancel()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        outcome = self._job.tick(context)
-        if outcome is None:
-            return {"PASS_THROUGH"}
-        context.window_manager.event_timer_remove(self._timer)
-        return self._report(outcome)
-
-    def execute(self, context):
-        """Scripts and background mode (no event loop): the same job, polled until it ends."""
-        if not self._start(context):
-            return {"CANCELLED"}
-        while (outcome := self._job.tick(context)) is None:
-            time.sleep(0.01)
-        return self._report(outcome)
-
-    def _report(self, outcome):
-        if outcome.state == "done":
-            for warning in getattr(outcome, "warnings", ()):
-                self.report({"WARNING"}, warning)
-            self.report({"INFO"}, outcome.message)
-            return {"FINISHED"}
-        self.report({"WARNING"} if outcome.state == "cancelled" else {"ERROR"}, outcome.message)
-        return {"CANCELLED"}
 
 
 def capture_for_restyle(context):

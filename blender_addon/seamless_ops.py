@@ -20,8 +20,8 @@ from . import generation, session
 from .core.clients import BackendError
 from .core.local_server import LocalServerError
 from .core.maps import MapSettings, NotTileable, check_tiles
+from .operators import JobOperator
 
-TICK_SECONDS = 0.1
 ACTION = "MATERIAL"
 
 
@@ -123,7 +123,7 @@ def apply_material_result(scene, result, targets: list[str], options: MaterialOp
     return material, albedo
 
 
-class SCENEDIFF_OT_seamless_material(bpy.types.Operator):
+class SCENEDIFF_OT_seamless_material(JobOperator, bpy.types.Operator):
     bl_idname = "scene_diffusion.seamless_material"
     bl_label = "Seamless Material"
     bl_description = ("Generate a tileable texture from the prompt, derive height, normal and roughness maps, and "
@@ -154,8 +154,6 @@ class SCENEDIFF_OT_seamless_material(bpy.types.Operator):
     scale: FloatProperty(name="Scale", default=1.0, min=0.001, soft_max=100.0,
                          description="Repeats per object unit (Object) or per UV square (UV)")
 
-    _timer = None
-    _job = None
 
     @classmethod
     def poll(cls, context):
@@ -214,38 +212,11 @@ class SCENEDIFF_OT_seamless_material(bpy.types.Operator):
             return False
         return True
 
-    def invoke(self, context, event):
-        if not self._start(context):
-            return {"CANCELLED"}
-        self._timer = context.window_manager.event_timer_add(TICK_SECONDS, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            self._job.cancel()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        outcome = self._job.tick(context)
-        if outcome is None:
-            return {"PASS_THROUGH"}
-        context.window_manager.event_timer_remove(self._timer)
-        return self._report(outcome)
-
-    def execute(self, context):
-        """Scripts and background mode (no event loop): the same job, polled until it ends."""
-        if not self._start(context):
-            return {"CANCELLED"}
-        while (outcome := self._job.tick(context)) is None:
-            time.sleep(0.01)
-        return self._report(outcome)
-
     def _report(self, outcome):
-        if outcome.state == "done":
-            self.report({"WARNING"} if self._job.skipped else {"INFO"}, outcome.message)
+        if outcome.state == "done" and self._job.skipped:  # some selected objects could not take it
+            self.report({"WARNING"}, outcome.message)
             return {"FINISHED"}
-        self.report({"WARNING"} if outcome.state == "cancelled" else {"ERROR"}, outcome.message)
-        return {"CANCELLED"}
+        return super()._report(outcome)
 
 
 classes = (SCENEDIFF_OT_seamless_material,)
