@@ -44,26 +44,31 @@ class Finished:
     warnings: tuple[str, ...] = ()  # why the job ran with less than it asked for (a backend's fallback)
 
 
-class JobRunner:
-    """Runs one job on a backend in a worker thread. Create, `start()`, then `poll_once()` until finished."""
+class BackgroundWork:
+    """Work in a worker thread that reports to the main thread through a queue of events.
 
-    def __init__(self, backend: Backend | Callable[[], Backend], job: JobIn, poll_wait: float = 0.5) -> None:
-        self._backend_source = backend
-        self.job = job
-        self.poll_wait = poll_wait
+    `start()`, then `poll_once()` (never blocks) until `finished` is set by the last event. Subclasses
+    implement `_work()` (returning the last event), `_failed(message)` (the last event for an error), and
+    name their event types in PROGRESS and FINISHED.
+    """
+
+    PROGRESS: type = object
+    FINISHED: type = object
+    thread_name = "scene-diffusion-work"
+
+    def __init__(self) -> None:
         self._events: queue.Queue = queue.Queue()
         self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scene-diffusion-job", daemon=True)
-        self.finished: Finished | None = None
-        self.last_progress: Progress | None = None
-        self.job_id: str | None = None
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self.finished = None
+        self.last_progress = None
 
-    def start(self) -> JobRunner:
+    def start(self):
         self._thread.start()
         return self
 
     def cancel(self) -> None:
-        """Ask the backend to stop; the Finished(cancelled) event follows once it has."""
+        """Ask the work to stop; its cancelled event follows once it has."""
         self._cancel.set()
 
     @property
@@ -71,21 +76,20 @@ class JobRunner:
         return self.finished is None
 
     def poll_once(self) -> list:
-        """Events since the last call (Progress, then a Finished at the end). Never blocks."""
+        """Events since the last call (progress, then the finished event at the end). Never blocks."""
         events = []
         while True:
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
-                break
+                return events
             events.append(event)
-            if isinstance(event, Progress):
+            if isinstance(event, self.PROGRESS):
                 self.last_progress = event
-            elif isinstance(event, Finished):
+            elif isinstance(event, self.FINISHED):
                 self.finished = event
-        return events
 
-    def wait(self, timeout: float = 60.0) -> Finished:
+    def wait(self, timeout: float = 60.0):
         """For scripts and tests: poll until finished (raises TimeoutError)."""
         deadline = time.monotonic() + timeout
         while self.finished is None:
@@ -95,17 +99,38 @@ class JobRunner:
             time.sleep(0.01)
         return self.finished
 
-    # -- worker ----------------------------------------------------------------------------------
-
     def _run(self) -> None:
         try:
             self._events.put(self._work())
         except BackendError as exc:
-            self._events.put(Finished("failed", error=str(exc)))
+            self._events.put(self._failed(str(exc)))
         except PNGError as exc:
-            self._events.put(Finished("failed", error=f"the backend sent an image the add-on cannot read: {exc}"))
+            self._events.put(self._failed(f"the backend sent an image the add-on cannot read: {exc}"))
         except Exception as exc:  # never leave the main thread waiting for an event that will not come
-            self._events.put(Finished("failed", error=f"unexpected {type(exc).__name__}: {exc}"))
+            self._events.put(self._failed(f"unexpected {type(exc).__name__}: {exc}"))
+
+    def _work(self):
+        raise NotImplementedError
+
+    def _failed(self, message: str):
+        raise NotImplementedError
+
+
+class JobRunner(BackgroundWork):
+    """Runs one job on a backend in a worker thread. Create, `start()`, then `poll_once()` until finished."""
+
+    PROGRESS, FINISHED = Progress, Finished
+    thread_name = "scene-diffusion-job"
+
+    def __init__(self, backend: Backend | Callable[[], Backend], job: JobIn, poll_wait: float = 0.5) -> None:
+        super().__init__()
+        self._backend_source = backend
+        self.job = job
+        self.poll_wait = poll_wait
+        self.job_id: str | None = None
+
+    def _failed(self, message: str) -> Finished:
+        return Finished("failed", error=message)
 
     def _work(self) -> Finished:
         backend = self._backend_source() if callable(self._backend_source) else self._backend_source

@@ -8,20 +8,18 @@ Everything here runs in a worker thread; the main thread only calls `poll_once()
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .clients import Backend, BackendError
+from .clients import Backend
 from .depth import normalized_depth
+from .jobs import BackgroundWork, JobRunner
 from .jobs import Finished as JobFinished
-from .jobs import JobRunner
 from .jobs import Progress as JobProgress
-from .png import PNGError, encode_png
+from .png import encode_png
 from .protocol import JobIn
 from .texturing import TextureAccumulator, View, coverage_texture, inpaint_mask, rasterize, view_lookup, view_weights
 
@@ -73,67 +71,35 @@ class TextureSettings:
     first_view_priority: float = 3.0  # the first view (the camera the artist looks through) counts this much more
 
 
-class TextureJob:
+class TextureJob(BackgroundWork):
+    PROGRESS, FINISHED = TextureProgress, TextureFinished
+    thread_name = "scene-diffusion-texture"
+
     def __init__(self, backend: Backend | Callable[[], Backend], mesh: tuple[np.ndarray, np.ndarray, np.ndarray],
                  views: list[ViewPasses], settings: TextureSettings) -> None:
         if not views:
             raise ValueError("texturing needs at least one view")
+        super().__init__()
         self._backend_source = backend
         self.mesh = mesh
         self.views = views
         self.settings = settings
-        self._events: queue.Queue = queue.Queue()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scene-diffusion-texture", daemon=True)
-        self.finished: TextureFinished | None = None
-        self.last_progress: TextureProgress | None = None
-
-    def start(self) -> TextureJob:
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def running(self) -> bool:
-        return self.finished is None
-
-    def poll_once(self) -> list:
-        events = []
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                return events
-            events.append(event)
-            if isinstance(event, TextureProgress):
-                self.last_progress = event
-            elif isinstance(event, TextureFinished):
-                self.finished = event
 
     def wait(self, timeout: float = 600.0) -> TextureFinished:
-        deadline = time.monotonic() + timeout
-        while self.finished is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the texturing job did not finish in time")
-            self.poll_once()
-            time.sleep(0.01)
-        return self.finished
+        return super().wait(timeout)
 
-    # -- worker ----------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._events.put(self._work())
-        except _Stop as stop:
-            self._events.put(TextureFinished(stop.state, error=stop.message))
-        except (BackendError, PNGError, ValueError) as exc:
-            self._events.put(TextureFinished("failed", error=str(exc)))
-        except Exception as exc:  # the main thread must always get its last event
-            self._events.put(TextureFinished("failed", error=f"unexpected {type(exc).__name__}: {exc}"))
+    def _failed(self, message: str) -> TextureFinished:
+        return TextureFinished("failed", error=message)
 
     def _work(self) -> TextureFinished:
+        try:
+            return self._paint()
+        except _Stop as stop:  # a round was cancelled or failed: its state and message end the job
+            return TextureFinished(stop.state, error=stop.message)
+        except ValueError as exc:  # the mesh cannot be textured as it is; the message says why
+            return TextureFinished("failed", error=str(exc))
+
+    def _paint(self) -> TextureFinished:
         s = self.settings
         backend = self._backend_source() if callable(self._backend_source) else self._backend_source
         surface = rasterize(*self.mesh, s.texture_size)
