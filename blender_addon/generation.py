@@ -121,17 +121,35 @@ class SceneJob:
         return Outcome("done", f"Generated {names} in {seconds:.1f} s", images, event.warnings)
 
 
+def storage_folder(scene) -> str | None:
+    """Where new images are saved: None to pack them into the .blend (the panel's Store Images choice)."""
+    settings = getattr(scene, "scene_diffusion", None)
+    if settings is None or settings.storage != "SAVE":
+        return None
+    if not bpy.data.filepath:
+        raise ValueError("save the .blend first, or choose to pack images: 'Save Next to .blend' needs a saved file")
+    return bpy.path.abspath("//scene_diffusion")
+
+
+def add_history(scene, image, params: dict, action: str) -> None:
+    """A result in the panel's history (newest selected), and its seed as the one to reuse."""
+    settings = getattr(scene, "scene_diffusion", None)
+    if settings is None:
+        return
+    item = settings.history.add()
+    item.image, item.parameters, item.action = image, json.dumps(params), action
+    settings.history_index = len(settings.history) - 1
+    seed = params.get("seed")
+    seed = int(seed) if seed is not None else -1
+    settings.last_seed = seed if 0 <= seed <= MAX_SEED else -1
+
+
 def apply_results(context, scene, results, action: str, capture=None) -> list:
     """Results as images (with their parameters), history entries, and the chosen output."""
     from . import materials
 
     settings = scene.scene_diffusion
-    save_dir = None
-    if settings.storage == "SAVE":
-        if not bpy.data.filepath:
-            raise ValueError("save the .blend first, or choose to pack images: 'Save Next to .blend' needs a "
-                             "saved file")
-        save_dir = bpy.path.abspath("//scene_diffusion")
+    save_dir = storage_folder(scene)
     created = []
     with materials.Rollback() as rollback:  # any failure takes back every image, file and material made here
         for result in results:
@@ -155,13 +173,7 @@ def apply_results(context, scene, results, action: str, capture=None) -> list:
         if action == "RESTYLE" and settings.output == "COMPOSITOR":
             compositor_output(scene, created[0])
     for image in created:
-        item = settings.history.add()
-        item.image = image
-        item.parameters = json.dumps(_params_of(image))
-        item.action = action
-        seed = int(_params_of(image).get("seed", -1))
-        settings.last_seed = seed if 0 <= seed <= MAX_SEED else -1
-    settings.history_index = len(settings.history) - 1
+        add_history(scene, image, _params_of(image), action)
     _show_in_image_editor(context, created[0])
     return created
 

@@ -102,12 +102,7 @@ def apply_material_result(scene, result, targets: list[str], options: MaterialOp
     params = json.loads(result.text.get("scene_diffusion", "{}") or "{}")
     params.setdefault("parameters", result.text.get("parameters", ""))
     settings = scene.scene_diffusion
-    save_dir = None
-    if settings.storage == "SAVE":
-        if not bpy.data.filepath:
-            raise ValueError("save the .blend first, or choose to pack images: 'Save Next to .blend' needs a "
-                             "saved file")
-        save_dir = bpy.path.abspath("//scene_diffusion")
+    save_dir = generation.storage_folder(scene)
     name = " ".join(str(params.get("prompt") or settings.prompt).split())[:40] or "Seamless"
     with materials.Rollback() as rollback:
         material = seamless.material_from_albedo(
@@ -115,11 +110,7 @@ def apply_material_result(scene, result, targets: list[str], options: MaterialOp
             box_projection=options.box_projection, scale=options.scale, pack=save_dir is None, save_dir=save_dir,
             rollback=rollback)
     albedo = next(n.image for n in material.node_tree.nodes if n.name == seamless.NODE_NAMES["albedo"])
-    item = settings.history.add()
-    item.image, item.parameters, item.action = albedo, json.dumps(params), ACTION
-    settings.history_index = len(settings.history) - 1
-    seed = int(params.get("seed", -1))
-    settings.last_seed = seed if 0 <= seed <= generation.MAX_SEED else -1
+    generation.add_history(scene, albedo, params, ACTION)
     return material, albedo
 
 

@@ -351,19 +351,17 @@ def apply_texture(scene, obj, event: TextureFinished, settings: TextureSettings,
               "texture_size": settings.texture_size, "views": len(event.view_images), "uv_map": uv_map,
               "sharpness": settings.sharpness, "blend": settings.blend, "coverage": round(event.coverage, 4),
               "parameters": json.dumps([text for _, _, text in event.view_images])}
+    from .generation import add_history, storage_folder
+
     pixels = (np.clip(event.texture, 0, 1) * 255 + 0.5).astype(np.uint8)
-    storage = scene.scene_diffusion.storage if hasattr(scene, "scene_diffusion") else "PACK"
-    save_dir = bpy.path.abspath("//scene_diffusion") if storage == "SAVE" and bpy.data.filepath else None
+    save_dir = storage_folder(scene)
     with materials.Rollback() as rollback:
         image = materials.new_image(f"{obj.name} Texture", pixels, params, pack=save_dir is None, save_dir=save_dir,
                                     rollback=rollback)
         material = materials.image_material(image, rollback=rollback)
         _use_uv_map(material, image, uv_map)
         materials.assign_material([obj], material, rollback=rollback)
-    if hasattr(scene, "scene_diffusion"):
-        history = scene.scene_diffusion.history.add()
-        history.image, history.parameters, history.action = image, json.dumps(params), "TEXTURE"
-        scene.scene_diffusion.history_index = len(scene.scene_diffusion.history) - 1
+    add_history(scene, image, params, "TEXTURE")
     return material, image
 
 
