@@ -112,6 +112,10 @@ class SceneJob:
         scene = bpy.data.scenes.get(self.scene_name)
         if scene is None:
             return Outcome("failed", "The scene the job was started from is gone: the result was not added")
+        return self._apply(context, scene, event)
+
+    def _apply(self, context, scene, event: Finished) -> Outcome:
+        """Put a finished job's results into the scene (subclasses make other things of them)."""
         try:
             images = apply_results(context, scene, event.results, self.action, self.capture)
         except Exception as exc:  # a failure here has already undone its own partial work
@@ -157,7 +161,7 @@ def apply_results(context, scene, results, action: str, capture=None) -> list:
             params.setdefault("parameters", result.text.get("parameters", ""))
             name = ("Restyle" if action == "RESTYLE" else "Generated") + f" {params.get('seed', '')}".rstrip()
             created.append(materials.new_image(name, result.pixels, params, pack=save_dir is None,
-                                               save_dir=save_dir, rollback=rollback))
+                                               save_dir=save_dir, rollback=rollback, png=result.png))
         if action == "RESTYLE" and capture is not None and settings.output == "PROJECT":
             camera = bpy.data.objects.get(capture.camera)
             visible = [o for o in scene.objects if o.type == "MESH" and o.visible_get()]

@@ -140,8 +140,12 @@ def new_image(
     save_dir: str | None = None,
     fake_user: bool = True,
     rollback: Rollback | None = None,
+    png: bytes | None = None,
 ) -> bpy.types.Image:
     """A new sRGB image holding ``pixels``: (height, width, 3 or 4), uint8 or float 0..1, top row first.
+
+    ``png``: these pixels already encoded (a backend's result, with its own text chunks); stored as they
+    are when the image is saved or packed, which spares the main thread the encoding.
 
     ``params`` (the generation parameters) go on the image as ``image["scene_diffusion"]`` (JSON)
     plus flat properties for the keys in ``FLAT_KEYS``, and into the PNG's text chunks
@@ -158,9 +162,13 @@ def new_image(
 
     Images get a fake user (``fake_user``): Blender drops unused images when it saves the file.
     """
-    rgba, has_alpha = _bottom_up_rgba(pixels)
+    if np.ndim(pixels) != 3 or np.shape(pixels)[2] not in (3, 4) or 0 in np.shape(pixels)[:2]:
+        raise ValueError(f"pixels must be (height, width, 3 or 4), not {np.shape(pixels)}")
     properties = _image_properties(params)
     height, width = np.shape(pixels)[:2]
+    has_alpha = np.ndim(pixels) == 3 and np.shape(pixels)[2] == 4
+    encoded = png is not None and (save_dir is not None or pack)
+    rgba = None if encoded else _bottom_up_rgba(pixels)[0]
     with _transaction(rollback) as rb:
         image = rb.created(bpy.data.images.new(name, width, height, alpha=has_alpha))
         image.colorspace_settings.name = "sRGB"  # first: changing it later drops a generated image's pixels
@@ -168,7 +176,8 @@ def new_image(
             image[key] = value
         image.file_format = "PNG"
         if save_dir is not None or pack:
-            png = encode_png(_top_down_bytes(rgba, width, height, has_alpha), _png_text(params))
+            if png is None:
+                png = encode_png(_top_down_bytes(rgba, width, height, has_alpha), _png_text(params))
             if save_dir is not None:
                 image.filepath_raw = _write_png(png, save_dir, _file_name(image), rb)
                 image.source = "FILE"

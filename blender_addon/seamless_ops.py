@@ -52,18 +52,8 @@ class MaterialJob(generation.SceneJob):
         self.skipped = skipped
         self.material = None
 
-    def _finish(self, context, event):
-        if event.state != "done":  # cancelled or failed: the base class reports it, nothing was added
-            return super()._finish(context, event)
-        # The base class's end-of-job bookkeeping; the result itself goes into a material, not the history alone.
-        session.set_active_job(None)
-        generation._status(context, None)
-        preview = bpy.data.images.get(generation.PREVIEW_IMAGE)
-        if preview is not None:
-            bpy.data.images.remove(preview)
-        scene = bpy.data.scenes.get(self.scene_name)
-        if scene is None:
-            return generation.Outcome("failed", "The scene the job was started from is gone: the result was not added")
+    def _apply(self, context, scene, event):
+        """The result goes into a material (with its derived maps) rather than an image alone."""
         try:
             self.material, albedo = apply_material_result(scene, event.results[0], self.targets, self.options,
                                                           backend=self._backend_name(context))

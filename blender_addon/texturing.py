@@ -342,22 +342,15 @@ class TextureSceneJob:
 
 def apply_texture(scene, obj, event: TextureFinished, settings: TextureSettings, uv_map: str):
     """The texture as an image (with its parameters) and a new material on `obj`, all or nothing."""
-    import json
-
     from . import materials
-
-    params = {"prompt": settings.prompt, "negative_prompt": settings.negative_prompt, "model": settings.model,
-              "seed": settings.seed, "steps": settings.steps, "guidance": settings.guidance, "mode": "texture",
-              "texture_size": settings.texture_size, "views": len(event.view_images), "uv_map": uv_map,
-              "sharpness": settings.sharpness, "blend": settings.blend, "coverage": round(event.coverage, 4),
-              "parameters": json.dumps([text for _, _, text in event.view_images])}
     from .generation import add_history, storage_folder
 
+    params = {**event.parameters, "uv_map": uv_map}
     pixels = (np.clip(event.texture, 0, 1) * 255 + 0.5).astype(np.uint8)
     save_dir = storage_folder(scene)
     with materials.Rollback() as rollback:
         image = materials.new_image(f"{obj.name} Texture", pixels, params, pack=save_dir is None, save_dir=save_dir,
-                                    rollback=rollback)
+                                    rollback=rollback, png=event.png or None)
         material = materials.image_material(image, rollback=rollback)
         _use_uv_map(material, image, uv_map)
         materials.assign_material([obj], material, rollback=rollback)

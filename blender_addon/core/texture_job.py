@@ -8,6 +8,7 @@ Everything here runs in a worker thread; the main thread only calls `poll_once()
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class TextureFinished:
     coverage: float = 0.0  # painted share of the UV map's texels
     view_images: list = field(default_factory=list)  # (view index, (H, W, 3) uint8, parameters text)
     error: str = ""
+    parameters: dict = field(default_factory=dict)  # what reproduces the texture (stored with its image)
+    png: bytes = b""  # the texture encoded, with the parameters: done here, off Blender's main thread
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,14 @@ class TextureJob(BackgroundWork):
         texture, painted = accumulator.texture()
         interior = surface.interior
         coverage = float((painted & interior).sum() / interior.sum()) if interior.any() else 0.0
+        parameters = {"prompt": s.prompt, "negative_prompt": s.negative_prompt, "model": s.model, "seed": s.seed,
+                      "steps": s.steps, "guidance": s.guidance, "mode": "texture", "texture_size": s.texture_size,
+                      "views": len(view_images), "sharpness": s.sharpness, "blend": s.blend,
+                      "coverage": round(coverage, 4), "parameters": json.dumps([t for _, _, t in view_images])}
+        pixels = (np.clip(texture, 0, 1) * 255 + 0.5).astype(np.uint8)
+        png = encode_png(pixels, {"scene_diffusion": json.dumps(parameters), "parameters": parameters["parameters"]})
         return TextureFinished("done", texture=texture, painted=painted & interior, coverage=coverage,
-                               view_images=view_images)
+                               view_images=view_images, parameters=parameters, png=png)
 
     def _job(self, width: int, height: int, **images) -> JobIn:
         s = self.settings
