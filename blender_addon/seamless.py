@@ -45,7 +45,7 @@ NODE_NAMES = {"albedo": "Albedo", "height": "Height", "normal": "Normal", "rough
 
 def new_map_image(name: str, kind: str, pixels: np.ndarray, params: dict | None = None, *,
                   pack: bool = True, save_dir: str | None = None,
-                  rollback: materials.Rollback | None = None) -> bpy.types.Image:
+                  rollback: materials.Rollback | None = None, png: bytes | None = None) -> bpy.types.Image:
     """One map as a Blender image (``materials.new_image``: parameters stored, packed or saved as PNG).
 
     Single-channel maps are stored as grey RGB. Every map but the albedo is switched to Non-Color:
@@ -62,7 +62,7 @@ def new_map_image(name: str, kind: str, pixels: np.ndarray, params: dict | None 
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=2)
     with materials._transaction(rollback) as rb:
-        image = materials.new_image(name, pixels, params, pack=pack, save_dir=save_dir, rollback=rb)
+        image = materials.new_image(name, pixels, params, pack=pack, save_dir=save_dir, rollback=rb, png=png)
         if kind != "albedo":
             image.colorspace_settings.name = NON_COLOR
         image["scene_diffusion_map"] = kind
@@ -185,8 +185,11 @@ def build_seamless_material(
     pack: bool = True,
     save_dir: str | None = None,
     rollback: materials.Rollback | None = None,
+    pngs: dict[str, bytes] | None = None,
 ) -> bpy.types.Material:
     """The four map images, the material, and (when ``objects``) a new slot on each: one transaction.
+
+    ``pngs``: the maps already encoded by ``encode_maps`` (in a worker thread), stored as they are.
 
     ``maps``: the arrays of ``core.maps.derive_maps``. Each image's parameters are the generation
     ``params`` plus ``map`` (its name) and ``map_settings`` (``settings.describe``), unless
@@ -199,12 +202,9 @@ def build_seamless_material(
     with materials._transaction(rollback) as rb:
         images = {}
         for kind in MAP_NAMES:
-            if map_params and kind in map_params:
-                stored = map_params[kind]
-            else:
-                stored = dict(params or {}, map=kind, map_settings=settings.describe(kind))
+            stored = map_parameters(kind, params, settings, map_params)
             images[kind] = new_map_image(f"{name} {kind.capitalize()}", kind, maps[kind], stored, pack=pack,
-                                         save_dir=save_dir, rollback=rb)
+                                         save_dir=save_dir, rollback=rb, png=(pngs or {}).get(kind))
         material = seamless_material(name, images["albedo"], images["height"], images["normal"],
                                      images["roughness"], mapping=mapping,
                                      box_projection=box_projection and mapping == "OBJECT", scale=scale,
@@ -212,6 +212,27 @@ def build_seamless_material(
         if objects:
             materials.assign_material(objects, material, rollback=rb)
         return material
+
+
+def map_parameters(kind: str, params: dict | None, settings: MapSettings, map_params: dict | None = None) -> dict:
+    """What is stored with one map: the generation's parameters plus the map's name and settings (or, from
+    the CLI, the parameters read back from that map's PNG)."""
+    if map_params and kind in map_params:
+        return map_params[kind]
+    return dict(params or {}, map=kind, map_settings=settings.describe(kind))
+
+
+def encode_maps(maps: dict[str, np.ndarray], params: dict | None, settings: MapSettings) -> dict[str, bytes]:
+    """Each map as the PNG ``new_map_image`` would store. Touches no Blender data: runs in a worker thread."""
+    from .core.png import encode_png
+
+    pngs = {}
+    for kind in MAP_NAMES:
+        pixels = np.asarray(maps[kind])
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[..., None], 3, axis=2)
+        pngs[kind] = encode_png(pixels, materials._png_text(map_parameters(kind, params, settings)))
+    return pngs
 
 
 def material_from_albedo(name: str, albedo: np.ndarray, params: dict | None = None, *,

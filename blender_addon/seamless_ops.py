@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import bpy
@@ -19,7 +20,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 from . import generation, session
 from .core.clients import BackendError
 from .core.local_server import LocalServerError
-from .core.maps import MapSettings, NotTileable, check_tiles
+from .core.maps import MapSettings, NotTileable, check_tiles, derive_maps
 from .operators import JobOperator
 
 ACTION = "MATERIAL"
@@ -53,12 +54,55 @@ class MaterialJob(generation.SceneJob):
         self.material = None
 
     def _apply(self, context, scene, event):
-        """The result goes into a material (with its derived maps) rather than an image alone."""
+        """The result goes into a material (with its derived maps) rather than an image alone. The tiling
+        check, the maps and their PNGs are computed in a worker thread; a later tick builds the material."""
+        from . import seamless
+
+        result = event.results[0]
+        backend = self._backend_name(context)
+        params = json.loads(result.text.get("scene_diffusion", "{}") or "{}")
+        params.setdefault("parameters", result.text.get("parameters", ""))
+        settings = self.options.settings
+
+        def prepare():
+            try:
+                pixels = result.pixels[..., :3]
+                check_tiles(pixels, backend)
+                maps = derive_maps(pixels, settings)
+                self._prepared = (maps, params, seamless.encode_maps(maps, params, settings))
+            except Exception as exc:  # reported by the next tick
+                self._prepared = exc
+
+        self._prepared = None
+        self._scene_name = scene.name
+        self._worker = threading.Thread(target=prepare, name="scene-diffusion-maps", daemon=True)
+        self._worker.start()
+        session.set_active_job(self)  # still busy until the material is in
+        return None
+
+    def tick(self, context):
+        worker = getattr(self, "_worker", None)
+        if worker is None:
+            return super().tick(context)
+        if worker.is_alive():
+            return None
+        self._worker = None
+        session.set_active_job(None)
+        self.outcome = self._build(context)
+        return self.outcome
+
+    def _build(self, context):
+        prepared = self._prepared
+        if isinstance(prepared, NotTileable):
+            return generation.Outcome("failed", f"Material not made: {prepared}; nothing was added")
+        if isinstance(prepared, Exception):
+            return generation.Outcome("failed", f"Could not make the material: {prepared}")
+        scene = bpy.data.scenes.get(self._scene_name)
+        if scene is None:
+            return generation.Outcome("failed", "The scene the job was started from is gone: nothing was added")
+        maps, params, pngs = prepared
         try:
-            self.material, albedo = apply_material_result(scene, event.results[0], self.targets, self.options,
-                                                          backend=self._backend_name(context))
-        except NotTileable as exc:
-            return generation.Outcome("failed", f"Material not made: {exc}; nothing was added")
+            self.material, albedo = apply_material_maps(scene, maps, params, pngs, self.targets, self.options)
         except Exception as exc:  # each step has already taken back its own work
             return generation.Outcome("failed", f"Could not add the material to the scene: {exc}")
         seconds = time.perf_counter() - self.started
@@ -81,24 +125,30 @@ class MaterialJob(generation.SceneJob):
 
 def apply_material_result(scene, result, targets: list[str], options: MaterialOptions, backend: str = "the backend"):
     """(material, albedo image): the result checked for tiling, its maps, the material on the objects that
-    are still there, and a history entry for the albedo. All or nothing."""
-    from . import materials, seamless
-
+    are still there, and a history entry for the albedo. All or nothing. (The operator does the same with the
+    numpy part in a worker thread.)"""
     pixels = result.pixels[..., :3]
     check_tiles(pixels, backend)
+    params = json.loads(result.text.get("scene_diffusion", "{}") or "{}")
+    params.setdefault("parameters", result.text.get("parameters", ""))
+    return apply_material_maps(scene, derive_maps(pixels, options.settings), params, None, targets, options)
+
+
+def apply_material_maps(scene, maps, params: dict, pngs, targets: list[str], options: MaterialOptions):
+    """(material, albedo image) from derived maps (and their PNGs when already encoded)."""
+    from . import materials, seamless
+
     objects = [obj for name in targets if (obj := bpy.data.objects.get(name)) is not None]
     if not objects:
         raise ValueError("the objects selected when the job started are gone")
-    params = json.loads(result.text.get("scene_diffusion", "{}") or "{}")
-    params.setdefault("parameters", result.text.get("parameters", ""))
     settings = scene.scene_diffusion
     save_dir = generation.storage_folder(scene)
     name = " ".join(str(params.get("prompt") or settings.prompt).split())[:40] or "Seamless"
     with materials.Rollback() as rollback:
-        material = seamless.material_from_albedo(
-            name, pixels, params, settings=options.settings, objects=objects, mapping=options.mapping,
+        material = seamless.build_seamless_material(
+            name, maps, params, settings=options.settings, objects=objects, mapping=options.mapping,
             box_projection=options.box_projection, scale=options.scale, pack=save_dir is None, save_dir=save_dir,
-            rollback=rollback)
+            rollback=rollback, pngs=pngs)
     albedo = next(n.image for n in material.node_tree.nodes if n.name == seamless.NODE_NAMES["albedo"])
     generation.add_history(scene, albedo, params, ACTION)
     return material, albedo

@@ -201,7 +201,7 @@ def test_operator_end_to_end_on_the_server_then_undo(server):
     material = cube.material_slots[-1].material
     assert material.name == "mossy flagstones" and cube.material_slots[0].material.name == "Material"
     albedo = material.node_tree.nodes["Albedo"].image
-    flat = np.empty(64 * 64 * 4, np.float32)
+    flat = np.empty(256 * 256 * 4, np.float32)
     albedo.pixels.foreach_get(flat)
     pixels = flat.reshape(64, 64, 4)[::-1, :, :3]
     assert pixels.std() > 0.02 and maps.tileability(pixels) <= maps.TILEABLE_MAX
@@ -226,20 +226,29 @@ def test_operator_through_scene_job_ticks(server):
     job = generation.build_job(bpy.context)
     import dataclasses
 
-    job = dataclasses.replace(job, width=64, height=64, seamless="xy")
+    job = dataclasses.replace(job, width=256, height=256, seamless="xy")
     options = seamless_ops.MaterialOptions(MapSettings(roughness_low=0.1, roughness_high=0.4), mapping="UV")
     scene_job = seamless_ops.MaterialJob(bpy.context, job, ["Cube"], options, {}).start()
     import time
 
     deadline = time.monotonic() + 30
-    while (outcome := scene_job.tick(bpy.context)) is None:
+    ticks = []
+    while True:
+        t0 = time.perf_counter()
+        outcome = scene_job.tick(bpy.context)
+        ticks.append(time.perf_counter() - t0)
+        if outcome is not None:
+            break
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert outcome.state == "done", outcome.message
+    # the maps and their PNGs are made in a worker: no tick, not even the last, holds the main thread long
+    print(f"\nlongest material tick {max(ticks) * 1000:.1f} ms")
+    assert max(ticks) < 0.05
     material = scene_job.material
     assert bpy.data.objects["Cube"].material_slots[-1].material == material
     rough = material.node_tree.nodes["Roughness"].image
-    flat = np.empty(64 * 64 * 4, np.float32)
+    flat = np.empty(256 * 256 * 4, np.float32)
     rough.pixels.foreach_get(flat)
     assert 0.1 - 1e-3 <= flat.reshape(-1, 4)[:, 0].min() and flat.reshape(-1, 4)[:, 0].max() <= 0.4 + 1e-3
 
