@@ -57,12 +57,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = [rng.random((args.view_size, args.view_size, 3), dtype=np.float32) for _ in passes]
 
-    def ours() -> None:
+    def ours() -> None:  # what TextureJob does with the views' results: views in parallel, then blended
         surface = tx.rasterize(*mesh, args.size)
         accumulator = tx.TextureAccumulator(surface)
-        for view_passes, image in zip(passes, images, strict=True):
-            weight, xy = tx.view_weights(view_passes.view, surface)
-            accumulator.add(image, weight, xy)
+
+        def one_view(pair):
+            view_passes, image = pair
+            return tx.contribution(image, *tx.view_weights(view_passes.view, surface))
+
+        for part in tx.parallel_map(one_view, list(zip(passes, images, strict=True))):
+            accumulator.add_contribution(part)
         accumulator.texture()
 
     image = bpy.data.images.new("bake", args.size, args.size)

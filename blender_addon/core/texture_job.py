@@ -22,7 +22,17 @@ from .jobs import Finished as JobFinished
 from .jobs import Progress as JobProgress
 from .png import encode_png
 from .protocol import JobIn
-from .texturing import TextureAccumulator, View, coverage_texture, inpaint_mask, rasterize, view_lookup, view_weights
+from .texturing import (
+    TextureAccumulator,
+    View,
+    contribution,
+    coverage_texture,
+    inpaint_mask,
+    parallel_map,
+    rasterize,
+    view_lookup,
+    view_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class TextureJob(BackgroundWork):
         if not len(surface.index):
             raise ValueError("the UV map covers no texel: unwrap the mesh (or let the add-on make a UV map)")
         accumulator = TextureAccumulator(surface)
-        weights = [view_weights(p.view, surface, sharpness=s.sharpness) for p in self.views]
+        weights = parallel_map(lambda p: view_weights(p.view, surface, sharpness=s.sharpness), self.views)
         view_images = []
         first = self.views[0]
         height, width = first.view.z.shape
@@ -142,10 +152,13 @@ class TextureJob(BackgroundWork):
                 job = self._job(width, height, depths=tuple(depths), init_images=tuple(inits), masks=tuple(masks),
                                 seed=s.seed + 1, strength=1.0)
                 results = self._run_job(backend, job, label)
-                for k, result in zip(todo, results, strict=True):
-                    image = result.pixels[..., :3]
-                    view_images.append((k, image, result.text.get("parameters", "")))
-                    accumulator.add(image.astype(np.float32) / 255.0, *weights[k], blend=s.blend)
+                images = [result.pixels[..., :3] for result in results]
+                view_images += [(k, image, result.text.get("parameters", ""))
+                                for k, image, result in zip(todo, images, results, strict=True)]
+                parts = parallel_map(lambda pair: contribution(pair[1].astype(np.float32) / 255.0, *weights[pair[0]],
+                                                               blend=s.blend), list(zip(todo, images, strict=True)))
+                for part in parts:
+                    accumulator.add_contribution(part)
         texture, painted = accumulator.texture()
         interior = surface.interior
         coverage = float((painted & interior).sum() / interior.sum()) if interior.any() else 0.0

@@ -73,31 +73,44 @@ def rasterize(uv: np.ndarray, positions: np.ndarray, normals: np.ndarray, size: 
     lengths = np.stack([np.linalg.norm(c - b, axis=1), np.linalg.norm(a - c, axis=1), np.linalg.norm(b - a, axis=1)],
                        axis=1)
     heights = np.abs(det)[:, None] / np.maximum(lengths, 1e-12)
-    mask = np.zeros(size * size, bool)
-    interior = np.zeros(size * size, bool)
-    position = np.zeros((size * size, 3), np.float32)
-    normal = np.zeros((size * size, 3), np.float32)
     triangles = np.nonzero(usable)[0]
     cumulative = np.cumsum(counts[triangles])
     positions = np.asarray(positions, np.float32)
     normals = np.asarray(normals, np.float32)
-    start = 0
+    chunks, start = [], 0
     while start < len(triangles):
         base = cumulative[start - 1] if start else 0
         stop = max(int(np.searchsorted(cumulative, base + CANDIDATES_PER_CHUNK, side="right")), start + 1)
-        chunk = triangles[start:stop]
-        _rasterize_chunk(chunk, counts[chunk], lo[chunk], extent[chunk], a[chunk], b[chunk], c[chunk], det[chunk],
-                         heights[chunk], margin, positions, normals, size, mask, interior, position, normal)
+        chunks.append(triangles[start:stop])
         start = stop
-    index = np.nonzero(mask | interior)[0]
+
+    def work(chunk):
+        return _rasterize_chunk(chunk, counts[chunk], lo[chunk], extent[chunk], a[chunk], b[chunk], c[chunk],
+                                det[chunk], heights[chunk], margin, positions, normals, size)
+
+    parts = parallel_map(work, chunks)
+    mask = np.zeros(size * size, bool)
+    interior = np.zeros(size * size, bool)
+    position = np.zeros((size * size, 3), np.float32)
+    normal = np.zeros((size * size, 3), np.float32)
+    # all margin texels first, then all texels inside a triangle: a texel's own triangle always wins
+    for which in (0, 1):
+        for part in parts:
+            flat, pos, nrm = part[which]
+            mask[flat] = True
+            position[flat] = pos
+            normal[flat] = nrm
+            if which:
+                interior[flat] = True
+    index = np.nonzero(mask)[0]
     n = normal[index]
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    return Surface(size=size, mask=(mask | interior).reshape(size, size), index=index, position=position[index],
+    return Surface(size=size, mask=mask.reshape(size, size), index=index, position=position[index],
                    normal=n, interior=interior.reshape(size, size))
 
 
-def _rasterize_chunk(tris, counts, lo, extent, a, b, c, det, heights, margin, positions, normals, size, mask,
-                     interior, position, normal):
+def _rasterize_chunk(tris, counts, lo, extent, a, b, c, det, heights, margin, positions, normals, size):
+    """((margin texels, positions, normals), (inside texels, positions, normals)) of a chunk of triangles."""
     owner = np.repeat(np.arange(len(tris), dtype=np.int32), counts)
     offset = np.arange(owner.size, dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32), counts)
     width = extent[owner, 0].astype(np.int32)
@@ -115,18 +128,13 @@ def _rasterize_chunk(tris, counts, lo, extent, a, b, c, det, heights, margin, po
     near = np.minimum(np.minimum(d0, d1), d2)
     flat = y * size + x
     inside = near >= -1e-7
-    # margin texels first (never over a texel some triangle has inside), inside texels last: a texel's own
-    # triangle always wins over a neighbour's margin
-    margin_only = (near >= -1e-7 - margin) & ~inside
-    margin_only[margin_only] = ~interior[flat[margin_only]]
-    for select in (margin_only, inside):
-        where = flat[select]
+    results = []
+    for select in ((near >= -1e-7 - margin) & ~inside, inside):
         tri = tris[owner[select]]
         weights = np.stack([w0[select], w1[select], w2[select]], axis=1).astype(np.float32)
-        mask[where] = True
-        position[where] = np.einsum("ij,ijk->ik", weights, positions[tri])
-        normal[where] = np.einsum("ij,ijk->ik", weights, normals[tri])
-    interior[flat[inside]] = True
+        results.append((flat[select], np.einsum("ij,ijk->ik", weights, positions[tri]),
+                        np.einsum("ij,ijk->ik", weights, normals[tri])))
+    return results
 
 
 def project(view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,6 +247,25 @@ def sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
+def contribution(image: np.ndarray, weight: np.ndarray, xy: np.ndarray, blend: float = 2.0):
+    """One view's part of the blend: (texels it sees, their weight^blend, the colours it gives them, weights).
+    Independent per view, so views can be computed in parallel threads (numpy releases the GIL)."""
+    seen = np.nonzero(weight > 0)[0]
+    return seen, weight[seen] ** np.float32(blend), sample(image, xy[seen]), weight
+
+
+def parallel_map(function, items: list) -> list:
+    """`function` over `items` on a few threads (numpy's large operations run without the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(workers, thread_name_prefix="scene-diffusion-view") as pool:
+        return list(pool.map(function, items))
+
+
 class TextureAccumulator:
     """Views blended into the texture by weight. `coverage` is the best weight any view gave each texel."""
 
@@ -251,12 +278,14 @@ class TextureAccumulator:
 
     def add(self, image: np.ndarray, weight: np.ndarray, xy: np.ndarray, blend: float = 2.0) -> None:
         """Blend a view's image (H, W, 3 float 0..1). `blend` sharpens towards the best view where views overlap."""
-        seen = weight > 0
-        colours = sample(image, xy[seen])
-        w = weight[seen] ** np.float32(blend)
+        self.add_contribution(contribution(image, weight, xy, blend))
+
+    def add_contribution(self, part: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Add what `contribution` computed for one view (the cheap, sequential part of blending)."""
+        seen, w, colours, weight = part
         self.colour_sum[seen] += colours * w[:, None]
         self.weight_sum[seen] += w
-        self.coverage = np.maximum(self.coverage, weight)
+        np.maximum(self.coverage, weight, out=self.coverage)
 
     def colours(self) -> tuple[np.ndarray, np.ndarray]:
         """(colours (M, 3), painted (M,) bool) of the covered texels."""
