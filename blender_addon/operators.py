@@ -30,6 +30,19 @@ class JobOperator:
     def _start(self, context) -> bool:
         raise NotImplementedError
 
+    @classmethod
+    def _settings_if_ready(cls, context, no_prompt: str = "Type a prompt first"):
+        """The panel's settings when a job could start (none running, a prompt typed); else None, with the
+        reason set as the poll message."""
+        if session.active_job() is not None:
+            cls.poll_message_set("A generation is already running: wait for it or cancel it")
+            return None
+        settings = getattr(context.scene, "scene_diffusion", None)
+        if settings is None or not settings.prompt.strip():
+            cls.poll_message_set(no_prompt)
+            return None
+        return settings
+
     def invoke(self, context, event):
         if not self._start(context):
             return {"CANCELLED"}
@@ -74,12 +87,8 @@ class SCENEDIFF_OT_generate(JobOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if session.active_job() is not None:
-            cls.poll_message_set("A generation is already running: wait for it or cancel it")
-            return False
-        settings = getattr(context.scene, "scene_diffusion", None)
-        if settings is None or not settings.prompt.strip():
-            cls.poll_message_set("Type a prompt first")
+        settings = cls._settings_if_ready(context)
+        if settings is None:
             return False
         if settings.action == "RESTYLE" and settings.source == "CAMERA" and context.scene.camera is None:
             cls.poll_message_set("Restyle needs an active camera (or capture the viewport)")

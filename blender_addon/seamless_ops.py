@@ -185,15 +185,9 @@ class SCENEDIFF_OT_seamless_material(JobOperator, bpy.types.Operator):
     scale: FloatProperty(name="Scale", default=1.0, min=0.001, soft_max=100.0,
                          description="Repeats per object unit (Object) or per UV square (UV)")
 
-
     @classmethod
     def poll(cls, context):
-        if session.active_job() is not None:
-            cls.poll_message_set("A generation is already running: wait for it or cancel it")
-            return False
-        settings = getattr(context.scene, "scene_diffusion", None)
-        if settings is None or not settings.prompt.strip():
-            cls.poll_message_set("Type a prompt first: it describes the material")
+        if cls._settings_if_ready(context, "Type a prompt first: it describes the material") is None:
             return False
         targets, _ = material_targets(context)
         if not targets:
